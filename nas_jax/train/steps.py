@@ -1,0 +1,137 @@
+"""Pure training pieces: optimizers, losses, batch drawing, one candidate's train-and-score.
+
+Everything here is a pure function of explicit pytrees, meant to run under ``jax.jit``
+(and ``jax.vmap`` over candidates). Batches are drawn on device from arrays that were
+loaded once, so a candidate's whole training is one ``lax.scan`` with no host round-trip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How one candidate is trained (hashable: a static argument of jitted functions)."""
+
+    steps: int = 100
+    batch_size: int = 64
+    optimizer: str = "sgd"  # sgd (Nesterov momentum) | adam
+    learning_rate: float = 0.05
+    min_learning_rate: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    grad_clip: float = 5.0
+    eval_batch_size: int = 512
+
+    def make_optimizer(self) -> optax.GradientTransformation:
+        """Cosine-decayed optimizer with decoupled-from-loss L2 weight decay and clipping."""
+        schedule = optax.cosine_decay_schedule(
+            self.learning_rate, max(self.steps, 1), alpha=self.min_learning_rate
+            / max(self.learning_rate, 1e-12)
+        )
+        if self.optimizer == "sgd":
+            core = optax.sgd(schedule, momentum=self.momentum, nesterov=True)
+        elif self.optimizer == "adam":
+            core = optax.adam(schedule)
+        else:
+            raise ValueError(f"Recipe.optimizer={self.optimizer!r}; allowed: sgd, adam")
+        chain = []
+        if self.grad_clip > 0:
+            chain.append(optax.clip_by_global_norm(self.grad_clip))
+        if self.weight_decay > 0:
+            chain.append(optax.add_decayed_weights(self.weight_decay))
+        return optax.chain(*chain, core)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def draw_batch(key: jax.Array, step: jax.Array, x: jax.Array, y: jax.Array, batch_size: int):
+    """Batch ``step`` of an epoch-wise shuffled pass over ``(x, y)`` (sampling without
+    replacement within an epoch; the permutation is re-derived from ``key`` and the epoch)."""
+    n = x.shape[0]
+    per_epoch = max(n // batch_size, 1)
+    epoch, pos = step // per_epoch, step % per_epoch
+    perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
+    idx = jax.lax.dynamic_slice_in_dim(perm, pos * batch_size, min(batch_size, n))
+    return x[idx], y[idx]
+
+
+ApplyFn = Callable[[Any, Any, jax.Array, bool], tuple[jax.Array, Any]]
+
+
+def make_apply(graphdef: nnx.GraphDef, weights: jax.Array | None) -> ApplyFn:
+    """``apply(params, stats, x, train) -> (logits, new_stats)`` for a split NNX network."""
+
+    def apply(params, stats, x, train):
+        model = nnx.merge(graphdef, params, stats, copy=True)
+        logits = model(x, weights, train=train) if weights is not None else model(x, train=train)
+        return logits, nnx.state(model, nnx.BatchStat)
+
+    return apply
+
+
+def train_and_score(apply: ApplyFn, params, stats, key: jax.Array, train_xy, valid_xy,
+                    recipe: Recipe) -> dict[str, jax.Array]:
+    """Train from ``(params, stats)`` for ``recipe.steps`` steps, then score on ``valid_xy``.
+
+    Returns a dict of scalars: ``valid_accuracy``, ``valid_loss``, ``train_loss`` (mean of
+    the last 10% of steps) and ``finite`` (False when any loss or weight became non-finite).
+    """
+    tx = recipe.make_optimizer()
+    opt_state = tx.init(params)
+    x_train, y_train = train_xy
+
+    def loss_fn(p, s, x, y):
+        logits, new_s = apply(p, s, x, True)
+        return cross_entropy(logits, y), new_s
+
+    def step(carry, i):
+        p, s, o = carry
+        x, y = draw_batch(key, i, x_train, y_train, recipe.batch_size)
+        (loss, s), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, s, x, y)
+        updates, o = tx.update(grads, o, p)
+        p = optax.apply_updates(p, updates)
+        return (p, s, o), loss
+
+    (params, stats, _), losses = jax.lax.scan(
+        step, (params, stats, opt_state), jnp.arange(recipe.steps)
+    )
+    tail = max(recipe.steps // 10, 1)
+    scores = evaluate(apply, params, stats, valid_xy, recipe.eval_batch_size)
+    finite = jnp.all(jnp.isfinite(losses)) & jnp.all(
+        jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(params)])
+    )
+    return {**scores, "train_loss": jnp.mean(losses[-tail:]), "finite": finite & jnp.isfinite(
+        scores["valid_loss"])}
+
+
+def evaluate(apply: ApplyFn, params, stats, xy, batch_size: int) -> dict[str, jax.Array]:
+    """Accuracy and mean loss over all of ``xy`` in fixed-size batches (last one masked)."""
+    x, y = xy
+    n = x.shape[0]
+    b = min(batch_size, n)
+    num = -(-n // b)
+    pad = num * b - n
+    xp = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)]).reshape(
+        (num, b) + x.shape[1:])
+    yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]).reshape(num, b)
+    mask = (jnp.arange(num * b) < n).reshape(num, b)
+
+    def body(acc, batch):
+        xb, yb, mb = batch
+        logits, _ = apply(params, stats, xb, False)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+        correct = jnp.argmax(logits, -1) == yb
+        return (acc[0] + jnp.sum(loss * mb), acc[1] + jnp.sum(correct * mb)), None
+
+    (loss_sum, correct), _ = jax.lax.scan(body, (0.0, 0.0), (xp, yp, mask))
+    return {"valid_accuracy": correct / n, "valid_loss": loss_sum / n}

@@ -1,0 +1,75 @@
+"""Tests for nas_jax.utils.plots: each plot writes a sane PNG, NaN inputs included."""
+
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from nas_jax.utils.plots import plot_alpha, plot_curves, plot_search_curve, running_best
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(path):
+    """Checks the PNG signature and returns (width, height) from its IHDR chunk."""
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[:8] == PNG_MAGIC and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def _assert_sane_png(path):
+    width, height = _png_size(path)
+    assert 200 <= width <= 4000 and 150 <= height <= 4000
+    assert not [n for n in os.listdir(os.path.dirname(path)) if n.startswith(".plot.")]
+
+
+def test_running_best():
+    got = running_best([np.nan, 0.2, 0.1, np.inf, 0.5, np.nan])
+    np.testing.assert_allclose(got, [np.nan, 0.2, 0.2, 0.2, 0.5, 0.5])
+    np.testing.assert_allclose(running_best([3.0, 1.0, 2.0], minimize=True), [3.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("with_nan", [False, True])
+def test_plot_search_curve(tmp_path, with_nan):
+    rng = np.random.default_rng(0)
+    fitness = rng.uniform(0.1, 0.9, 50)
+    if with_nan:
+        fitness[[0, 7, 30]] = [np.nan, np.inf, np.nan]
+    path = plot_search_curve(tmp_path / "sub" / "search.png", np.arange(50), fitness, title="RS")
+    _assert_sane_png(path)
+
+
+def test_plot_search_curve_all_nan(tmp_path):
+    _assert_sane_png(plot_search_curve(tmp_path / "s.png", np.arange(3), np.full(3, np.nan)))
+
+
+def test_plot_search_curve_length_mismatch(tmp_path):
+    with pytest.raises(ValueError, match="fitness"):
+        plot_search_curve(tmp_path / "s.png", np.arange(3), np.zeros(4))
+
+
+def test_plot_curves(tmp_path):
+    x = np.arange(1, 21)
+    mean = np.log(x)
+    mean_nan = mean.copy()
+    mean_nan[5] = np.nan
+    std = np.full(20, 0.1)
+    std[3] = np.nan
+    curves = {"random": (x, mean, std), "evolution": (x, mean_nan + 0.2, None)}
+    for logx in (False, True):
+        path = plot_curves(
+            tmp_path / f"c{logx}.png", curves, xlabel="evaluations", ylabel="acc", logx=logx
+        )
+        _assert_sane_png(path)
+
+
+def test_plot_alpha(tmp_path):
+    alpha = np.random.default_rng(1).dirichlet(np.ones(5), size=6)
+    alpha[2, 1] = np.nan
+    rows = [f"edge {i}" for i in range(6)]
+    cols = ["none", "skip", "conv1x1", "conv3x3", "avgpool"]
+    _assert_sane_png(plot_alpha(tmp_path / "alpha.png", alpha, rows, cols, "DARTS alpha"))
+    with pytest.raises(ValueError, match="labels"):
+        plot_alpha(tmp_path / "bad.png", alpha, rows[:2], cols, "bad")
