@@ -41,7 +41,7 @@ class Recipe:
         elif self.optimizer == "adam":
             core = optax.adam(schedule)
         else:
-            raise ValueError(f"Recipe.optimizer={self.optimizer!r}; allowed: sgd, adam")
+            raise ValueError(f"Recipe.optimizer={self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
         chain = []
         if self.grad_clip > 0:
             chain.append(optax.clip_by_global_norm(self.grad_clip))
@@ -135,3 +135,12 @@ def evaluate(apply: ApplyFn, params, stats, xy, batch_size: int) -> dict[str, ja
 
     (loss_sum, correct), _ = jax.lax.scan(body, (0.0, 0.0), (xp, yp, mask))
     return {"valid_accuracy": correct / n, "valid_loss": loss_sum / n}
+
+
+RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(Recipe))
+OPTIMIZERS = ("sgd", "adam")
+
+
+def recipe_from_config(cfg) -> Recipe:
+    """A ``Recipe`` from a config section holding (a superset of) its fields."""
+    return Recipe(**{name: cfg[name] for name in RECIPE_FIELDS if name in cfg})

@@ -1,0 +1,136 @@
+"""The search config's schema (every field with its default) and its start-up validation.
+
+Configs in ``configs/`` start from ``search_config()`` and override fields. ``validate``
+runs before any data is loaded or anything is compiled and raises ``ConfigError`` with one
+line that names the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from nas_jax import registry
+from nas_jax.data.datasets import KNOWN_DATASETS
+from nas_jax.evaluators.population import EXECUTIONS
+from nas_jax.train.steps import OPTIMIZERS
+
+
+class ConfigError(ValueError):
+    """A config mistake, reported as ``config.<field>=<value>: <what is allowed>``."""
+
+
+def _recipe(**overrides) -> ml_collections.ConfigDict:
+    base = dict(steps=100, batch_size=64, optimizer="sgd", learning_rate=0.05,
+                min_learning_rate=0.0, momentum=0.9, weight_decay=5e-4, grad_clip=5.0,
+                eval_batch_size=512)
+    base.update(overrides)
+    return ml_collections.ConfigDict(base)
+
+
+def search_config() -> ml_collections.ConfigDict:
+    """The full schema of a search run, with defaults."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.dataset = ml_collections.ConfigDict(
+        dict(name="digits", valid_fraction=0.2, data_dir=""))
+    c.space = ml_collections.ConfigDict(dict(name="nb201", channels=8, cells_per_stage=1))
+    c.strategy = ml_collections.ConfigDict(
+        dict(name="regularized_evolution", population_size=10, sample_size=3, batch_size=5))
+    c.evaluator = _recipe(name="population", execution="auto")
+    c.budget = ml_collections.ConfigDict(dict(num_evaluations=40))
+    c.retrain = _recipe(steps=500, learning_rate=0.1)
+    c.checkpoint = ml_collections.ConfigDict(dict(every_rounds=1, max_to_keep=2))
+    c.runtime = ml_collections.ConfigDict(
+        dict(compilation_cache_dir="~/.cache/nas_jax/xla", progress_interval_s=10.0))
+    return c
+
+
+def _type_name(value) -> str:
+    return type(value).__name__
+
+
+def _check_schema(config, schema, prefix: str) -> None:
+    """Unknown (mistyped) fields and wrong types, against the schema's defaults."""
+    for key in config.keys():
+        field = f"{prefix}{key}"
+        if key not in schema:
+            raise ConfigError(
+                f"config.{field}: unknown field; allowed here: {', '.join(sorted(schema.keys()))}"
+            )
+        value, default = config[key], schema[key]
+        if isinstance(default, ml_collections.ConfigDict):
+            if not isinstance(value, ml_collections.ConfigDict):
+                raise ConfigError(f"config.{field}: must be a section of fields, got {value!r}")
+            _check_schema(value, default, f"{field}.")
+            continue
+        ok = isinstance(value, type(default)) and not (
+            isinstance(value, bool) and not isinstance(default, bool))
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise ConfigError(
+                f"config.{field}={value!r}: must be {_type_name(default)} "
+                f"(got {_type_name(value)})"
+            )
+
+
+def _positive(config, field: str, *, allow_zero: bool = False) -> None:
+    section, name = field.rsplit(".", 1)
+    value = config[section][name]
+    low_ok = value >= 0 if allow_zero else value > 0
+    if not low_ok or (isinstance(value, float) and not math.isfinite(value)):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"config.{field}={value!r}: must be {bound}")
+
+
+def _check_recipe(config, section: str, *, allow_zero_steps: bool = False) -> None:
+    _positive(config, f"{section}.steps", allow_zero=allow_zero_steps)
+    for name in ("batch_size", "eval_batch_size", "learning_rate"):
+        _positive(config, f"{section}.{name}")
+    for name in ("min_learning_rate", "momentum", "weight_decay", "grad_clip"):
+        _positive(config, f"{section}.{name}", allow_zero=True)
+    opt = config[section].optimizer
+    if opt not in OPTIMIZERS:
+        raise ConfigError(
+            f"config.{section}.optimizer={opt!r}: allowed: {', '.join(OPTIMIZERS)}")
+
+
+def validate(config: ml_collections.ConfigDict):
+    """Check ``config``; return the search space it describes. Raises ``ConfigError``."""
+    _check_schema(config, search_config(), "")
+    for reg, section in ((registry.SPACES, "space"), (registry.STRATEGIES, "strategy"),
+                         (registry.EVALUATORS, "evaluator")):
+        try:
+            reg.check(config[section].name, f"config.{section}.name")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if config.dataset.name not in KNOWN_DATASETS:
+        raise ConfigError(f"config.dataset.name={config.dataset.name!r}: unknown dataset; "
+                          f"allowed: {', '.join(KNOWN_DATASETS)}")
+    vf = config.dataset.valid_fraction
+    if not 0.0 < vf < 1.0:
+        raise ConfigError(f"config.dataset.valid_fraction={vf!r}: must be in (0, 1)")
+    for field in ("space.channels", "space.cells_per_stage", "strategy.population_size",
+                  "strategy.sample_size", "strategy.batch_size", "budget.num_evaluations",
+                  "checkpoint.every_rounds", "checkpoint.max_to_keep"):
+        _positive(config, field)
+    _positive(config, "runtime.progress_interval_s", allow_zero=True)
+    s = config.strategy
+    if s.sample_size > s.population_size:
+        raise ConfigError(f"config.strategy.sample_size={s.sample_size}: must be <= "
+                          f"strategy.population_size ({s.population_size})")
+    space = registry.SPACES.build(config.space.name, config.space)
+    if s.population_size > space.size:
+        raise ConfigError(f"config.strategy.population_size={s.population_size}: larger than "
+                          f"the space ({space.size} architectures)")
+    if s.batch_size > config.budget.num_evaluations:
+        raise ConfigError(f"config.strategy.batch_size={s.batch_size}: must be <= "
+                          f"budget.num_evaluations ({config.budget.num_evaluations})")
+    if config.evaluator.execution not in EXECUTIONS:
+        raise ConfigError(f"config.evaluator.execution={config.evaluator.execution!r}: "
+                          f"allowed: {', '.join(EXECUTIONS)}")
+    _check_recipe(config, "evaluator")
+    _check_recipe(config, "retrain", allow_zero_steps=True)
+    return space

@@ -1,0 +1,80 @@
+"""Parts chosen by name from the config: a new space or strategy is one file plus one line here.
+
+Each builder takes the config section (an ``ml_collections.ConfigDict``) and what it needs
+from other parts, and returns the part. Tests loop over these registries.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+class Registry:
+    """Name -> builder, with errors that list what is known."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._builders: dict[str, Callable[..., Any]] = {}
+
+    def register(self, name: str, builder: Callable[..., Any]) -> None:
+        if name in self._builders:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._builders[name] = builder
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._builders)
+
+    def check(self, name: str, field: str) -> None:
+        if name not in self._builders:
+            raise ValueError(
+                f"{field}={name!r}: unknown {self.kind}; allowed: {', '.join(self.names())}"
+            )
+
+    def build(self, name: str, *args, **kwargs):
+        self.check(name, f"{self.kind}.name")
+        return self._builders[name](*args, **kwargs)
+
+
+SPACES = Registry("space")
+STRATEGIES = Registry("strategy")
+EVALUATORS = Registry("evaluator")
+
+
+def _nb201(cfg, input_shape=(32, 32, 3), num_classes=10):
+    from nas_jax.spaces.nb201 import NB201Space
+
+    return NB201Space(channels=cfg.channels, cells_per_stage=cfg.cells_per_stage,
+                      input_shape=tuple(input_shape), num_classes=num_classes)
+
+
+def _random_search(cfg, space):
+    from nas_jax.strategies.evolution import RandomSearch
+
+    return RandomSearch(space=space, batch_size=cfg.batch_size)
+
+
+def _regularized_evolution(cfg, space):
+    from nas_jax.strategies.evolution import RegularizedEvolution
+
+    return RegularizedEvolution(space=space, batch_size=cfg.batch_size,
+                                population_size=cfg.population_size,
+                                sample_size=cfg.sample_size)
+
+
+def _population(cfg, space, dataset):
+    from nas_jax.evaluators.population import PopulationEvaluator
+    from nas_jax.train.steps import recipe_from_config
+
+    return PopulationEvaluator(
+        space=space,
+        train=(dataset.train.x, dataset.train.y),
+        valid=(dataset.valid.x, dataset.valid.y),
+        recipe=recipe_from_config(cfg),
+        execution=cfg.execution,
+    )
+
+
+SPACES.register("nb201", _nb201)
+STRATEGIES.register("random_search", _random_search)
+STRATEGIES.register("regularized_evolution", _regularized_evolution)
+EVALUATORS.register("population", _population)

@@ -1,0 +1,187 @@
+"""A whole search run: validate, load data, search round by round with checkpoints, retrain.
+
+``run_search(config, workdir)`` is what ``experiments/search.py`` calls. A run started on a
+workdir that holds a checkpoint resumes from it; round ``r`` always uses the key
+``fold_in(key(seed), r)``, so a run killed at any point and restarted ends with exactly
+the same architectures, fitness and metrics as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from nas_jax import registry
+from nas_jax.config import ConfigError, validate
+from nas_jax.data.datasets import load_dataset
+from nas_jax.evaluators.population import train_standalone
+from nas_jax.train.steps import recipe_from_config
+from nas_jax.utils.checkpoint import Checkpointer
+from nas_jax.utils.metrics import CONFIG_FILE, MetricWriter, Progress, to_python
+from nas_jax.utils.plots import plot_search_curve
+
+RETRAIN_KEY = 2**31 - 1  # fold_in index of the retraining key, apart from the round keys
+
+
+def setup_compilation_cache(path: str) -> None:
+    """Persist compiled programs across processes (resumes and reruns skip recompiling)."""
+    if not path:
+        return
+    path = os.path.expanduser(path)
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def _check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """A workdir's checkpoint may only be resumed by the config that wrote it."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    current = to_python(config)
+    for section in ("runtime",):  # fields that may change between a run and its resume
+        saved.pop(section, None)
+        current.pop(section, None)
+    if saved != current:
+        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        raise ConfigError(
+            f"config.{changed[0]}: differs from the run checkpointed in {workdir}; "
+            "resume with the same config or use a new --workdir"
+        )
+
+
+def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Run (or resume) the search described by ``config`` in ``workdir``; return the summary."""
+    validate(config)
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
+                        max_to_keep=config.checkpoint.max_to_keep)
+    resuming = ckpt.latest_step() is not None
+    if resuming:
+        _check_same_run(workdir, config)
+    setup_compilation_cache(config.runtime.compilation_cache_dir)
+    writer = MetricWriter(workdir)
+    writer.write_config(config)
+
+    dataset = load_dataset(config.dataset.name, data_dir=config.dataset.data_dir or None,
+                           valid_fraction=config.dataset.valid_fraction, seed=config.seed)
+    space = registry.SPACES.build(config.space.name, config.space,
+                                  input_shape=dataset.input_shape,
+                                  num_classes=dataset.num_classes)
+    strategy = registry.STRATEGIES.build(config.strategy.name, config.strategy, space)
+    evaluator = registry.EVALUATORS.build(config.evaluator.name, config.evaluator, space, dataset)
+    root = jax.random.key(config.seed)
+    budget = config.budget.num_evaluations
+    num_rounds = math.ceil(budget / strategy.batch_size)
+
+    state = strategy.init(jax.random.fold_in(root, 0))
+    history: list[dict] = []
+    meta: dict = {}
+    start = 0
+    if resuming:
+        state, meta = ckpt.restore(state, with_meta=True)
+        start, history = int(meta["round"]), list(meta["history"])
+        print(f"resuming {workdir} from round {start}/{num_rounds} ({len(history)} evaluations)",
+              file=sys.stderr, flush=True)
+    writer.truncate_after(len(history) - 1)
+
+    ask, tell = jax.jit(strategy.ask), jax.jit(strategy.tell)
+    progress = Progress(num_rounds, start=start, name="search",
+                        interval_s=config.runtime.progress_interval_s)
+    t0 = time.time()
+    for r in range(start, num_rounds):
+        k_ask, k_eval = jax.random.split(jax.random.fold_in(root, r + 1))
+        archs, state = ask(k_ask, state)
+        archs = archs[: min(strategy.batch_size, budget - len(history))]
+        fitness, out = evaluator(k_eval, archs)
+        state, metrics = tell(state, archs, fitness)
+        for i, arch in enumerate(np.asarray(archs)):
+            best_so_far = max(float(fitness[i]), history[-1]["best_fitness"] if history
+                              else -math.inf)
+            row = {"round": r + 1, "arch": space.to_string(arch),
+                   "fitness": float(fitness[i]), "valid_loss": float(out["valid_loss"][i]),
+                   "train_loss": float(out["train_loss"][i]), "best_fitness": best_so_far}
+            writer.write(len(history), row)
+            history.append(row)
+        if (r + 1) % config.checkpoint.every_rounds == 0 or r + 1 == num_rounds:
+            ckpt.save(r + 1, state, meta={"round": r + 1, "history": history})
+        progress.update(r + 1, {"evaluated": len(history), "best": float(metrics["best_fitness"])})
+    search_seconds = time.time() - t0
+
+    best = strategy.best(state)
+    best_arch = np.asarray(best.arch)
+    result = meta.get("retrain") if resuming else None
+    if result is None and config.retrain.steps > 0:
+        print(f"retraining {space.to_string(best_arch)} from scratch "
+              f"({config.retrain.steps} steps)", file=sys.stderr, flush=True)
+        out = train_standalone(jax.random.fold_in(root, RETRAIN_KEY), space, best_arch,
+                               (dataset.train.x, dataset.train.y),
+                               (dataset.test.x, dataset.test.y),
+                               recipe_from_config(config.retrain))
+        result = {"test_accuracy": float(out["valid_accuracy"]),
+                  "test_loss": float(out["valid_loss"]),
+                  "finite": bool(out["finite"])}
+        ckpt.save(num_rounds + 1, state,
+                  meta={"round": num_rounds, "history": history, "retrain": result})
+    ckpt.close()
+
+    summary = {
+        "space": config.space.name,
+        "arch": best_arch.tolist(),
+        "arch_string": space.to_string(best_arch),
+        "canonical": space.canonical(best_arch).tolist(),
+        "valid_accuracy": float(best.fitness),
+        "test_accuracy": None if result is None else result["test_accuracy"],
+        "num_params": space.num_params(best_arch),
+        "flops": space.flops(best_arch),
+        "num_evaluations": len(history),
+        "execution": evaluator.execution,
+        "backend": jax.default_backend(),
+    }
+    final = {"best_valid_accuracy": summary["valid_accuracy"]}
+    if result is not None:
+        final["test_accuracy"] = result["test_accuracy"]
+    writer.write(len(history), final)
+    writer.close()
+    _write_outputs(workdir, summary, history)
+    _print_summary(summary, history, search_seconds, resumed_from=start if resuming else None)
+    return summary
+
+
+def _write_outputs(workdir: str, summary: dict, history: list[dict]) -> None:
+    with open(os.path.join(workdir, "best_architecture.json"), "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+    with open(os.path.join(workdir, "best_architecture.txt"), "w") as f:
+        f.write(summary["arch_string"] + "\n")
+    fitness = np.array([np.nan if h["fitness"] is None else h["fitness"] for h in history])
+    plot_search_curve(os.path.join(workdir, "search_curve.png"), np.arange(1, len(history) + 1),
+                      fitness, title=f"{summary['space']}: search curve")
+
+
+def _print_summary(summary: dict, history: list[dict], seconds: float, resumed_from) -> None:
+    test = summary["test_accuracy"]
+    rows = [
+        ("best architecture", summary["arch_string"]),
+        ("valid accuracy (search)", f"{summary['valid_accuracy']:.4f}"),
+        ("test accuracy (retrained)", "not retrained" if test is None else f"{test:.4f}"),
+        ("parameters", f"{summary['num_params']:,}"),
+        ("FLOPs / example", f"{summary['flops']:,}"),
+        ("evaluations", str(len(history))),
+        ("execution", f"{summary['execution']} on {summary['backend']}"),
+        ("search time this process", f"{seconds:.1f} s"
+         + ("" if resumed_from is None else f" (resumed at round {resumed_from})")),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows), flush=True)
+
