@@ -5,7 +5,7 @@ from setuptools import find_packages, setup
 setup(
     name="nas_jax",
     version="0.1.0",
-    description="Meta-learned neural architecture search in JAX/Flax: spaces, supernets, strategies.",
+    description="Meta-learned neural architecture search in JAX/Flax.",
     packages=find_packages(include=["nas_jax", "nas_jax.*"]),
     python_requires=">=3.11",
     install_requires=[

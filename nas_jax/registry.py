@@ -6,7 +6,8 @@ from other parts, and returns the part. Tests loop over these registries.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class Registry:

@@ -113,7 +113,8 @@ class SearchSpace:
                 f"architecture has shape {arr.shape}; {type(self).__name__} expects "
                 f"({self.num_decisions},)"
             )
-        bad = [(i, int(v), n) for i, (v, n) in enumerate(zip(arr, self.num_choices)) if not 0 <= v < n]
+        pairs = enumerate(zip(arr, self.num_choices))
+        bad = [(i, int(v), n) for i, (v, n) in pairs if not 0 <= v < n]
         if bad:
             i, v, n = bad[0]
             raise ValueError(f"decision {i} has value {v}; allowed 0..{n - 1}")

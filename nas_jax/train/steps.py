@@ -8,7 +8,8 @@ loaded once, so a candidate's whole training is one ``lax.scan`` with no host ro
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +42,8 @@ class Recipe:
         elif self.optimizer == "adam":
             core = optax.adam(schedule)
         else:
-            raise ValueError(f"Recipe.optimizer={self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+            allowed = ", ".join(OPTIMIZERS)
+            raise ValueError(f"Recipe.optimizer={self.optimizer!r}; allowed: {allowed}")
         chain = []
         if self.grad_clip > 0:
             chain.append(optax.clip_by_global_norm(self.grad_clip))

@@ -151,7 +151,7 @@ _N = 4_000_000  # 16 MB per save: slow enough that a kill often lands inside a s
 
 
 def _run_and_kill(script, directory, min_saves):
-    """Starts the saving child, waits for `min_saves` saves, kills it mid-save; returns its steps."""
+    """Starts the saving child, waits for `min_saves` saves, kills it mid-save; returns steps."""
     proc = subprocess.Popen(
         [sys.executable, str(script), str(directory)],
         stdout=subprocess.PIPE,
