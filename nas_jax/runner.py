@@ -99,6 +99,10 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ask, tell = jax.jit(strategy.ask), jax.jit(strategy.tell)
     progress = Progress(num_rounds, start=start, name="search",
                         interval_s=config.runtime.progress_interval_s)
+    if start < num_rounds:
+        print(f"searching: {num_rounds - start} rounds of {strategy.batch_size} candidates, "
+              f"execution={evaluator.execution} on {jax.default_backend()} (the first round "
+              "includes compiling, unless cached)", file=sys.stderr, flush=True)
     t0 = time.time()
     for r in range(start, num_rounds):
         k_ask, k_eval = jax.random.split(jax.random.fold_in(root, r + 1))
