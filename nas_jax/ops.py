@@ -15,7 +15,13 @@ BN_EPS = 1e-5
 
 
 class BatchNorm(nnx.Module):
-    """Batch norm over N, H, W whose mode is chosen per call (``train``), not per module."""
+    """Batch norm over N, H, W whose mode is chosen per call (``train``), not per module.
+
+    Batch moments are computed in one pass as a matmul with a ``1/M`` row vector over the
+    ``[M, C]`` view (``var = E[x^2] - E[x]^2``, clamped at 0): measured 2.6x faster for a whole
+    NB201 training step on XLA:CPU than ``jnp.mean``-based two-pass moments, which lower to
+    slow column reductions there, and half the compile time.
+    """
 
     def __init__(self, channels: int, *, affine: bool = True):
         self.affine = affine
@@ -26,19 +32,23 @@ class BatchNorm(nnx.Module):
         self.var = nnx.BatchStat(jnp.ones((channels,), jnp.float32))
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        axes = tuple(range(x.ndim - 1))
         if train:
-            mean = jnp.mean(x, axes)
-            var = jnp.mean(jnp.square(x - mean), axes)
+            c = x.shape[-1]
+            flat = x.reshape(-1, c)
+            row = jnp.full((1, flat.shape[0]), 1.0 / flat.shape[0], x.dtype)
+            moments = (row @ jnp.concatenate([flat, flat * flat], axis=-1))[0]
+            mean = moments[:c]
+            var = jnp.maximum(moments[c:] - mean * mean, 0.0)
             m = BN_MOMENTUM
-            self.mean.value = m * self.mean.value + (1 - m) * jax.lax.stop_gradient(mean)
-            self.var.value = m * self.var.value + (1 - m) * jax.lax.stop_gradient(var)
+            self.mean[...] = m * self.mean[...] + (1 - m) * jax.lax.stop_gradient(mean)
+            self.var[...] = m * self.var[...] + (1 - m) * jax.lax.stop_gradient(var)
         else:
-            mean, var = self.mean.value, self.var.value
-        y = (x - mean) * jax.lax.rsqrt(var + BN_EPS)
+            mean, var = self.mean[...], self.var[...]
+        inv = jax.lax.rsqrt(var + BN_EPS)
         if self.affine:
-            y = y * self.scale.value + self.bias.value
-        return y
+            inv = inv * self.scale[...]
+            return x * inv + (self.bias[...] - mean * inv)
+        return (x - mean) * inv
 
 
 class Conv(nnx.Module):
@@ -55,7 +65,7 @@ class Conv(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         return jax.lax.conv_general_dilated(
             x,
-            self.kernel.value,
+            self.kernel[...],
             window_strides=(self.stride, self.stride),
             padding=((self.pad, self.pad), (self.pad, self.pad)),
             rhs_dilation=(self.dilation, self.dilation),
@@ -115,4 +125,4 @@ class Dense(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((d_out,), jnp.float32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return x @ self.kernel.value + self.bias.value
+        return x @ self.kernel[...] + self.bias[...]
