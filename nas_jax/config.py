@@ -13,7 +13,7 @@ import ml_collections
 
 from nas_jax import registry
 from nas_jax.data.datasets import KNOWN_DATASETS
-from nas_jax.evaluators.population import EXECUTIONS
+from nas_jax.evaluators.population import EXECUTIONS, has_network, network_space_names
 from nas_jax.train.steps import OPTIMIZERS
 
 
@@ -35,7 +35,14 @@ def search_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.dataset = ml_collections.ConfigDict(
         dict(name="digits", valid_fraction=0.2, data_dir=""))
-    c.space = ml_collections.ConfigDict(dict(name="nb201", channels=8, cells_per_stage=1))
+    c.space = ml_collections.ConfigDict(dict(
+        name="nb201",
+        channels=8, cells_per_stage=1,  # nb201 (and channels: darts)
+        num_cells=8, stem_multiplier=3,  # darts
+        num_layers=4, filters=(8, 16, 32, 64), kernel_sizes=(3, 5, 7), strides=(1, 2),
+        activations=("relu", "gelu", "tanh", "swish"),  # macro_cnn (activations: mlp too)
+        max_layers=3, units=(32, 64, 128, 256),  # mlp
+    ))
     c.strategy = ml_collections.ConfigDict(
         dict(name="regularized_evolution", population_size=10, sample_size=3, batch_size=5))
     c.evaluator = _recipe(name="population", execution="auto")
@@ -128,6 +135,9 @@ def validate(config: ml_collections.ConfigDict):
     if s.batch_size > config.budget.num_evaluations:
         raise ConfigError(f"config.strategy.batch_size={s.batch_size}: must be <= "
                           f"budget.num_evaluations ({config.budget.num_evaluations})")
+    if config.evaluator.name == "population" and not has_network(space):
+        raise ConfigError(f"config.space.name={config.space.name!r}: the population evaluator "
+                          f"has networks for: {', '.join(network_space_names())}")
     if config.evaluator.execution not in EXECUTIONS:
         raise ConfigError(f"config.evaluator.execution={config.evaluator.execution!r}: "
                           f"allowed: {', '.join(EXECUTIONS)}")

@@ -48,6 +48,31 @@ def _nb201(cfg, input_shape=(32, 32, 3), num_classes=10):
                       input_shape=tuple(input_shape), num_classes=num_classes)
 
 
+def _darts(cfg, input_shape=(32, 32, 3), num_classes=10):
+    from nas_jax.spaces.darts import DartsSpace
+
+    return DartsSpace(channels=cfg.channels, num_cells=cfg.num_cells,
+                      stem_multiplier=cfg.stem_multiplier, input_shape=tuple(input_shape),
+                      num_classes=num_classes)
+
+
+def _macro_cnn(cfg, input_shape=(32, 32, 3), num_classes=10):
+    from nas_jax.spaces.macro import MacroCNNSpace
+
+    return MacroCNNSpace(num_layers=cfg.num_layers, filters=tuple(cfg.filters),
+                         kernel_sizes=tuple(cfg.kernel_sizes), strides=tuple(cfg.strides),
+                         activations=tuple(cfg.activations), ndim=len(input_shape) - 1,
+                         input_shape=tuple(input_shape), num_classes=num_classes)
+
+
+def _mlp(cfg, input_shape=(28, 28, 1), num_classes=10):
+    from nas_jax.spaces.macro import MLPSpace
+
+    return MLPSpace(max_layers=cfg.max_layers, units=tuple(cfg.units),
+                    activations=tuple(cfg.activations), input_shape=tuple(input_shape),
+                    num_classes=num_classes)
+
+
 def _random_search(cfg, space):
     from nas_jax.strategies.evolution import RandomSearch
 
@@ -76,6 +101,9 @@ def _population(cfg, space, dataset):
 
 
 SPACES.register("nb201", _nb201)
+SPACES.register("darts", _darts)
+SPACES.register("macro_cnn", _macro_cnn)
+SPACES.register("mlp", _mlp)
 STRATEGIES.register("random_search", _random_search)
 STRATEGIES.register("regularized_evolution", _regularized_evolution)
 EVALUATORS.register("population", _population)

@@ -103,3 +103,18 @@ def test_entry_point_reports_one_line_before_any_work(tmp_path):
     ], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not workdir.exists()
+
+
+def test_space_without_a_network_is_rejected_for_population_training():
+    with pytest.raises(ConfigError, match=r"config.space.name='darts': the population "
+                                          r"evaluator has networks for: nb201"):
+        validate(_config(space__name="darts"))
+
+
+def test_every_registered_space_builds_from_the_default_schema():
+    from nas_jax import registry
+
+    for name in registry.SPACES.names():
+        space = registry.SPACES.build(name, search_config().space)
+        assert space.size >= 1
+        assert space.num_decisions == len(space.num_choices)

@@ -39,11 +39,24 @@ def resolve_execution(execution: str) -> str:
     return execution
 
 
+NETWORKS = {"nb201": (NB201Space, NB201Network)}  # registry name -> (space type, network)
+
+
+def has_network(space) -> bool:
+    return any(isinstance(space, space_type) for space_type, _ in NETWORKS.values())
+
+
+def network_space_names() -> tuple[str, ...]:
+    return tuple(NETWORKS)
+
+
 def build_network(space, arch=None, *, rngs: nnx.Rngs) -> nnx.Module:
     """The supernet (``arch=None``) or standalone network for a space."""
-    if isinstance(space, NB201Space):
-        return NB201Network(space, arch, rngs=rngs)
-    raise ValueError(f"no network is registered for space {type(space).__name__}")
+    for space_type, network in NETWORKS.values():
+        if isinstance(space, space_type):
+            return network(space, arch, rngs=rngs)
+    raise ValueError(f"no network is registered for space {type(space).__name__}; "
+                     f"networks exist for: {', '.join(NETWORKS)}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
