@@ -69,11 +69,15 @@ class NB201Space(SearchSpace):
             terms = [t for t in part.split("|") if t]
             if len(terms) != node:
                 raise ValueError(f"node {node} of {text!r} needs {node} inputs, got {len(terms)}")
+            sources = set()
             for term in terms:
                 m = re.fullmatch(r"(\w+)~(\d+)", term)
                 if not m or m.group(1) not in OPS:
                     raise ValueError(f"bad NB201 term {term!r}; ops are {', '.join(OPS)}")
                 src = int(m.group(2))
+                if src in sources:
+                    raise ValueError(f"node {node} of {text!r} lists input {src} twice")
+                sources.add(src)
                 if (node, src) not in EDGES:
                     raise ValueError(f"bad NB201 edge {src}->{node} in {text!r}")
                 arch[EDGES.index((node, src))] = OPS.index(m.group(1))
