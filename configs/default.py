@@ -19,11 +19,11 @@ def get_config(arg=None):
     c.space.channels = 8
     c.space.cells_per_stage = 1
     c.strategy.name = "regularized_evolution"
-    c.strategy.population_size = 10
-    c.strategy.sample_size = 3
-    c.strategy.batch_size = 5
-    c.budget.num_evaluations = 30
-    c.evaluator.steps = 60  # ~3 epochs of the 1,150 training digits at batch 64
+    c.strategy.population_size = 16
+    c.strategy.sample_size = 4
+    c.strategy.batch_size = 8
+    c.budget.num_evaluations = 48
+    c.evaluator.steps = 100  # ~5.5 epochs of the 1,150 training digits at batch 64
     c.evaluator.learning_rate = 0.1
-    c.retrain.steps = 400
+    c.retrain.steps = 600
     return c

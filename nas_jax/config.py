@@ -14,6 +14,7 @@ import ml_collections
 from nas_jax import registry
 from nas_jax.data.datasets import KNOWN_DATASETS
 from nas_jax.evaluators.population import EXECUTIONS, has_network, network_space_names
+from nas_jax.strategies.genetic import ENCODINGS
 from nas_jax.train.steps import OPTIMIZERS
 
 
@@ -43,14 +44,22 @@ def search_config() -> ml_collections.ConfigDict:
         activations=("relu", "gelu", "tanh", "swish"),  # macro_cnn (activations: mlp too)
         max_layers=3, units=(32, 64, 128, 256),  # mlp
     ))
-    c.strategy = ml_collections.ConfigDict(
-        dict(name="regularized_evolution", population_size=10, sample_size=3, batch_size=5))
+    c.strategy = ml_collections.ConfigDict(dict(
+        name="regularized_evolution", population_size=10, sample_size=3, batch_size=5,
+        # genetic_algorithm (DEAP eaSimple's settings; one ask = one generation)
+        tournament_size=3, crossover_rate=0.5, mutation_rate=0.2, gene_mutation_rate=0.05,
+        encoding="binary", elitism=0,
+        # reinforce (ENAS defaults)
+        hidden_size=64, temperature=5.0, tanh_constant=2.5, entropy_weight=1e-4,
+        learning_rate=3.5e-4, baseline_decay=0.99,
+    ))
     c.evaluator = _recipe(name="population", execution="auto")
     c.budget = ml_collections.ConfigDict(dict(num_evaluations=40))
     c.retrain = _recipe(steps=500, learning_rate=0.1)
     c.checkpoint = ml_collections.ConfigDict(dict(every_rounds=1, max_to_keep=2))
     c.runtime = ml_collections.ConfigDict(
-        dict(compilation_cache_dir="~/.cache/nas_jax/xla", progress_interval_s=10.0))
+        dict(compilation_cache_dir="~/.cache/nas_jax/xla", progress_interval_s=10.0,
+             threefry_partitionable=False))
     return c
 
 
@@ -104,6 +113,28 @@ def _check_recipe(config, section: str, *, allow_zero_steps: bool = False) -> No
             f"config.{section}.optimizer={opt!r}: allowed: {', '.join(OPTIMIZERS)}")
 
 
+def _check_strategy(config) -> None:
+    s = config.strategy
+    for name in ("crossover_rate", "mutation_rate", "gene_mutation_rate"):
+        if not 0.0 <= s[name] <= 1.0:
+            raise ConfigError(f"config.strategy.{name}={s[name]!r}: must be in [0, 1]")
+    if s.encoding not in ENCODINGS:
+        raise ConfigError(f"config.strategy.encoding={s.encoding!r}: allowed: "
+                          f"{', '.join(ENCODINGS)}")
+    if not 0 <= s.elitism <= s.population_size:
+        raise ConfigError(f"config.strategy.elitism={s.elitism}: must be in 0.."
+                          f"strategy.population_size ({s.population_size})")
+    for name in ("tournament_size", "hidden_size", "temperature", "learning_rate"):
+        _positive(config, f"strategy.{name}")
+    _positive(config, "strategy.entropy_weight", allow_zero=True)
+    if not 0.0 <= s.baseline_decay < 1.0:
+        raise ConfigError(f"config.strategy.baseline_decay={s.baseline_decay!r}: must be in "
+                          "[0, 1)")
+    if s.name == "genetic_algorithm" and s.population_size > config.budget.num_evaluations:
+        raise ConfigError(f"config.strategy.population_size={s.population_size}: a generation "
+                          f"must fit in budget.num_evaluations ({config.budget.num_evaluations})")
+
+
 def validate(config: ml_collections.ConfigDict):
     """Check ``config``; return the search space it describes. Raises ``ConfigError``."""
     _check_schema(config, search_config(), "")
@@ -128,6 +159,7 @@ def validate(config: ml_collections.ConfigDict):
     if s.sample_size > s.population_size:
         raise ConfigError(f"config.strategy.sample_size={s.sample_size}: must be <= "
                           f"strategy.population_size ({s.population_size})")
+    _check_strategy(config)
     space = registry.SPACES.build(config.space.name, config.space)
     if s.population_size > space.size:
         raise ConfigError(f"config.strategy.population_size={s.population_size}: larger than "

@@ -87,6 +87,29 @@ def _regularized_evolution(cfg, space):
                                 sample_size=cfg.sample_size)
 
 
+def _genetic_algorithm(cfg, space):
+    from nas_jax.strategies.genetic import GeneticAlgorithm
+
+    # One ask is one generation: the batch is the population.
+    return GeneticAlgorithm(space=space, batch_size=cfg.population_size,
+                            population_size=cfg.population_size,
+                            tournament_size=cfg.tournament_size,
+                            crossover_rate=cfg.crossover_rate, mutation_rate=cfg.mutation_rate,
+                            gene_mutation_rate=cfg.gene_mutation_rate, encoding=cfg.encoding,
+                            elitism=cfg.elitism)
+
+
+def _reinforce(cfg, space):
+    from nas_jax.strategies.reinforce import ReinforceController
+
+    return ReinforceController(space=space, batch_size=cfg.batch_size,
+                               hidden_size=cfg.hidden_size, temperature=cfg.temperature,
+                               tanh_constant=cfg.tanh_constant,
+                               entropy_weight=cfg.entropy_weight,
+                               learning_rate=cfg.learning_rate,
+                               baseline_decay=cfg.baseline_decay)
+
+
 def _population(cfg, space, dataset):
     from nas_jax.evaluators.population import PopulationEvaluator
     from nas_jax.train.steps import recipe_from_config
@@ -106,4 +129,6 @@ SPACES.register("macro_cnn", _macro_cnn)
 SPACES.register("mlp", _mlp)
 STRATEGIES.register("random_search", _random_search)
 STRATEGIES.register("regularized_evolution", _regularized_evolution)
+STRATEGIES.register("genetic_algorithm", _genetic_algorithm)
+STRATEGIES.register("reinforce", _reinforce)
 EVALUATORS.register("population", _population)

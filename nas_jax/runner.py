@@ -30,8 +30,17 @@ from nas_jax.utils.plots import plot_search_curve
 RETRAIN_KEY = 2**31 - 1  # fold_in index of the retraining key, apart from the round keys
 
 
-def setup_compilation_cache(path: str) -> None:
-    """Persist compiled programs across processes (resumes and reruns skip recompiling)."""
+def setup_runtime(runtime: ml_collections.ConfigDict) -> None:
+    """Process-wide JAX settings of a run: PRNG implementation and the compilation cache.
+
+    ``threefry_partitionable=False`` (JAX's former default) makes XLA:CPU compile parameter
+    initialisation, which is part of every training program, several times faster (NB201
+    init alone: 32 s -> 6.5 s measured here); random streams differ from the partitionable
+    one but are just as deterministic. The persistent cache lets later processes (resumes,
+    reruns) skip compiling.
+    """
+    jax.config.update("jax_threefry_partitionable", runtime.threefry_partitionable)
+    path = runtime.compilation_cache_dir
     if not path:
         return
     path = os.path.expanduser(path)
@@ -49,9 +58,9 @@ def _check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
     with open(path) as f:
         saved = json.load(f)
     current = to_python(config)
-    for section in ("runtime",):  # fields that may change between a run and its resume
-        saved.pop(section, None)
-        current.pop(section, None)
+    for fields in (saved, current):  # these may change between a run and its resume
+        for name in ("compilation_cache_dir", "progress_interval_s"):
+            fields.get("runtime", {}).pop(name, None)
     if saved != current:
         changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         raise ConfigError(
@@ -70,7 +79,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     resuming = ckpt.latest_step() is not None
     if resuming:
         _check_same_run(workdir, config)
-    setup_compilation_cache(config.runtime.compilation_cache_dir)
+    setup_runtime(config.runtime)
     writer = MetricWriter(workdir)
     writer.write_config(config)
 

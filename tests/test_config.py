@@ -99,7 +99,7 @@ def test_entry_point_reports_one_line_before_any_work(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("config error:")]
     assert errors == [
         "config error: config.strategy.name='evolutionn': unknown strategy; allowed: "
-        "random_search, regularized_evolution"
+        "random_search, regularized_evolution, genetic_algorithm, reinforce"
     ], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not workdir.exists()

@@ -81,39 +81,86 @@ def make_apply(graphdef: nnx.GraphDef, weights: jax.Array | None) -> ApplyFn:
     return apply
 
 
-def train_and_score(apply: ApplyFn, params, stats, key: jax.Array, train_xy, valid_xy,
-                    recipe: Recipe) -> dict[str, jax.Array]:
-    """Train from ``(params, stats)`` for ``recipe.steps`` steps, then score on ``valid_xy``.
+def train_step(apply: ApplyFn, tx: optax.GradientTransformation, recipe: Recipe, params, stats,
+               opt_state, key: jax.Array, step: jax.Array, train_xy):
+    """One SGD step on batch ``step`` of the epoch-wise shuffled ``train_xy``."""
+    x, y = draw_batch(key, step, *train_xy, recipe.batch_size)
 
-    Returns a dict of scalars: ``valid_accuracy``, ``valid_loss``, ``train_loss`` (mean of
-    the last 10% of steps) and ``finite`` (False when any loss or weight became non-finite).
-    """
-    tx = recipe.make_optimizer()
-    opt_state = tx.init(params)
-    x_train, y_train = train_xy
-
-    def loss_fn(p, s, x, y):
+    def loss_fn(p, s):
         logits, new_s = apply(p, s, x, True)
         return cross_entropy(logits, y), new_s
 
-    def step(carry, i):
-        p, s, o = carry
-        x, y = draw_batch(key, i, x_train, y_train, recipe.batch_size)
-        (loss, s), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, s, x, y)
-        updates, o = tx.update(grads, o, p)
-        p = optax.apply_updates(p, updates)
-        return (p, s, o), loss
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), stats, opt_state, loss
 
-    (params, stats, _), losses = jax.lax.scan(
-        step, (params, stats, opt_state), jnp.arange(recipe.steps)
-    )
-    tail = max(recipe.steps // 10, 1)
+
+def summarize(apply: ApplyFn, params, stats, losses: jax.Array, valid_xy,
+              recipe: Recipe) -> dict[str, jax.Array]:
+    """Scores after training: ``valid_accuracy``, ``valid_loss``, ``train_loss`` (mean of the
+    last 10% of steps) and ``finite`` (False when any loss or weight became non-finite)."""
+    tail = max(losses.shape[0] // 10, 1)
     scores = evaluate(apply, params, stats, valid_xy, recipe.eval_batch_size)
     finite = jnp.all(jnp.isfinite(losses)) & jnp.all(
         jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(params)])
     )
-    return {**scores, "train_loss": jnp.mean(losses[-tail:]), "finite": finite & jnp.isfinite(
-        scores["valid_loss"])}
+    return {**scores, "train_loss": jnp.mean(losses[-tail:]),
+            "finite": finite & jnp.isfinite(scores["valid_loss"])}
+
+
+def train_and_score(apply: ApplyFn, params, stats, key: jax.Array, train_xy, valid_xy,
+                    recipe: Recipe) -> dict[str, jax.Array]:
+    """Train from ``(params, stats)`` for ``recipe.steps`` steps inside one ``lax.scan``, then
+    score on ``valid_xy`` (see ``summarize``). The form for ``vmap`` and accelerators."""
+    tx = recipe.make_optimizer()
+
+    def body(carry, i):
+        p, s, o, loss = train_step(apply, tx, recipe, *carry, key, i, train_xy)
+        return (p, s, o), loss
+
+    (params, stats, _), losses = jax.lax.scan(
+        body, (params, stats, tx.init(params)), jnp.arange(recipe.steps)
+    )
+    return summarize(apply, params, stats, losses, valid_xy, recipe)
+
+
+class HostLoopTrainer:
+    """The same training as ``train_and_score``, driven by a Python loop over a jitted step.
+
+    Dispatch is asynchronous and data, weights and keys stay on device, so nothing waits on
+    the host per step. Measured on XLA:CPU (2 cores, NB201 supernet C=8, batch 64): 22 ms per
+    step this way against 77 ms inside ``lax.scan``, and a smaller, faster compile.
+
+    Args:
+      graphdef: the network's graph definition (``nnx.split(model, nnx.Param, nnx.BatchStat)``).
+      recipe: the training recipe.
+    """
+
+    def __init__(self, graphdef: nnx.GraphDef, recipe: Recipe):
+        self.recipe = recipe
+        tx = recipe.make_optimizer()
+
+        def step(params, stats, opt_state, key, i, weights, train_xy):
+            return train_step(make_apply(graphdef, weights), tx, recipe, params, stats,
+                              opt_state, key, i, train_xy)
+
+        def score(params, stats, losses, weights, valid_xy):
+            return summarize(make_apply(graphdef, weights), params, stats, losses, valid_xy,
+                             recipe)
+
+        self._init_opt = jax.jit(tx.init)
+        self._step = jax.jit(step, donate_argnums=(0, 1, 2))
+        self._score = jax.jit(score)
+
+    def __call__(self, params, stats, key: jax.Array, weights, train_xy,
+                 valid_xy) -> dict[str, jax.Array]:
+        opt_state = self._init_opt(params)
+        losses = []
+        for i in range(self.recipe.steps):
+            params, stats, opt_state, loss = self._step(params, stats, opt_state, key, i,
+                                                        weights, train_xy)
+            losses.append(loss)
+        return self._score(params, stats, jnp.stack(losses), weights, valid_xy)
 
 
 def evaluate(apply: ApplyFn, params, stats, xy, batch_size: int) -> dict[str, jax.Array]:

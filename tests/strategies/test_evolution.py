@@ -4,11 +4,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from nas_jax import registry
+from nas_jax.config import search_config
 from nas_jax.spaces.nb201 import NB201Space
 from nas_jax.strategies.evolution import RandomSearch, RegularizedEvolution
 
@@ -186,15 +186,17 @@ def test_search_runs_in_scan_under_vmap_and_evolution_beats_random_search():
 
 def test_registry_builds_every_strategy():
     # The scan test's settings, so the compiled searches are shared.
-    cfg = ml_collections.ConfigDict(dict(batch_size=1, population_size=20, sample_size=5))
-    assert set(registry.STRATEGIES.names()) >= {"random_search", "regularized_evolution"}
+    cfg = search_config().strategy
+    cfg.update(dict(batch_size=1, population_size=20, sample_size=5))
+    assert set(registry.STRATEGIES.names()) >= {"random_search", "regularized_evolution",
+                                                "genetic_algorithm", "reinforce"}
     built = registry.STRATEGIES.build("regularized_evolution", cfg, SPACE)
     assert built == RegularizedEvolution(space=SPACE, population_size=20, sample_size=5)
     for name in registry.STRATEGIES.names():
         strategy = registry.STRATEGIES.build(name, cfg, SPACE)
         hash(strategy)
         state, _ = search_many(strategy, SEEDS, BUDGET)
-        np.testing.assert_array_equal(state.best.num_told, BUDGET)
+        np.testing.assert_array_equal(state.best.num_told, BUDGET * strategy.batch_size)
         assert np.all(np.asarray(state.best.fitness) >= 4)
         assert bool(jax.vmap(SPACE.is_valid)(state.best.arch).all())
     with pytest.raises(ValueError, match="unknown strategy"):
