@@ -55,7 +55,7 @@ def standalone(super_state, arch, x, train):
     graphdef, state = random_state(arch, seed=1)
     state = extract_standalone(super_state, state)
     paths = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(state)}
-    before = {p: np.array(v.value) for p, v in nnx.to_flat_state(nnx.state(state, nnx.BatchStat))}
+    before = {p: np.array(v[...]) for p, v in nnx.to_flat_state(nnx.state(state, nnx.BatchStat))}
     model = nnx.merge(graphdef, state)
     logits = model(x, train=train)
     return logits, nnx.state(model, nnx.BatchStat), paths, before
@@ -73,12 +73,12 @@ def test_one_hot_supernet_equals_standalone(supernet, arch, train):
     ref_flat = list(nnx.to_flat_state(ref_stats))
     assert ref_flat
     for path, value in ref_flat:
-        np.testing.assert_allclose(flat_stats[path].value, value.value, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(flat_stats[path][...], value[...], rtol=1e-5, atol=1e-6)
     # The standalone state holds exactly the chosen operations (plus stem, reductions, head).
     cell_ops = {p.split("/")[2] for p in paths if p.startswith("layers/0/")}
     expected = {f"e{e}_{OPS[a]}" for e, a in enumerate(arch) if OPS[a] in CONV_KERNEL}
     assert cell_ops == expected
-    moved = [not np.allclose(before[p], v.value) for p, v in ref_flat]
+    moved = [not np.allclose(before[p], v[...]) for p, v in ref_flat]
     assert any(moved) == train  # eval mode leaves the running statistics alone
 
 
