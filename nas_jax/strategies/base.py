@@ -76,3 +76,20 @@ class Strategy:
     @staticmethod
     def best(state) -> Best:
         return state.best
+
+
+def scan_search(strategy: Strategy, fitness_fn, key: jax.Array, num_rounds: int):
+    """A whole search in one ``lax.scan`` against a jittable ``fitness_fn(archs) -> float[P]``
+    (a table lookup, a proxy): ``num_rounds`` ask/evaluate/tell rounds. Jit it with the
+    strategy, fitness function and ``num_rounds`` static; ``vmap`` it over keys for many seeds.
+
+    Returns:
+      The final state and the per-round ``tell`` metrics, stacked (``[num_rounds]`` each).
+    """
+    k_init, k_loop = jax.random.split(key)
+
+    def body(state, k):
+        archs, state = strategy.ask(k, state)
+        return strategy.tell(state, archs, fitness_fn(archs))
+
+    return jax.lax.scan(body, strategy.init(k_init), jax.random.split(k_loop, num_rounds))

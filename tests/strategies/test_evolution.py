@@ -10,6 +10,7 @@ import pytest
 from nas_jax import registry
 from nas_jax.config import search_config
 from nas_jax.spaces.nb201 import NB201Space
+from nas_jax.strategies.base import scan_search
 from nas_jax.strategies.evolution import RandomSearch, RegularizedEvolution
 
 SPACE = NB201Space()
@@ -51,16 +52,9 @@ def tell_all(strategy, state, archs, fitness):
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def run_search(strategy, key, num_rounds):
-    """init + ask/evaluate/tell entirely inside lax.scan; returns the final state."""
-    k_init, k_loop = jax.random.split(key)
-
-    def body(state, k):
-        archs, state = strategy.ask(k, state)
-        state, metrics = strategy.tell(state, archs, toy_fitness(archs))
-        return state, metrics["best_fitness"]
-
-    state, curve = jax.lax.scan(body, strategy.init(k_init), jax.random.split(k_loop, num_rounds))
-    return state, curve
+    """init + ask/evaluate/tell entirely inside lax.scan; the final state and best curve."""
+    state, metrics = scan_search(strategy, toy_fitness, key, num_rounds)
+    return state, metrics["best_fitness"]
 
 
 def test_warm_up_is_random_then_children_are_single_mutations():

@@ -10,6 +10,7 @@ import pytest
 
 from nas_jax.spaces.base import SearchSpace
 from nas_jax.spaces.nb201 import NB201Space
+from nas_jax.strategies.base import scan_search
 from nas_jax.strategies.evolution import RandomSearch
 from nas_jax.strategies.reinforce import ReinforceController
 
@@ -161,14 +162,8 @@ def search_many(strategy, keys, num_rounds):
     """init + ask/evaluate/tell inside lax.scan, vmapped over seeds; batch mean per round."""
 
     def run(key):
-        k_init, k_loop = jax.random.split(key)
-
-        def body(state, k):
-            archs, state = strategy.ask(k, state)
-            state, metrics = strategy.tell(state, archs, toy_fitness(archs))
-            return state, metrics["batch_mean_fitness"]
-
-        return jax.lax.scan(body, strategy.init(k_init), jax.random.split(k_loop, num_rounds))
+        state, metrics = scan_search(strategy, toy_fitness, key, num_rounds)
+        return state, metrics["batch_mean_fitness"]
 
     return jax.vmap(run)(keys)
 
