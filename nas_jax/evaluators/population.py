@@ -61,6 +61,21 @@ def build_network(space, arch=None, *, rngs: nnx.Rngs) -> nnx.Module:
                      f"networks exist for: {', '.join(NETWORKS)}")
 
 
+def init_candidate(space, arch, key: jax.Array):
+    """Fresh weights of a supernet (``arch=None``) or standalone network, and the key for
+    its batches: ``(params, stats, data_key)``. Jittable with ``space`` and ``arch`` bound."""
+    k_init, k_data = jax.random.split(key)
+    model = build_network(space, arch, rngs=nnx.Rngs(k_init))
+    _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    return params, stats, k_data
+
+
+def network_graphdef(space, arch=None) -> nnx.GraphDef:
+    """The network's graph definition, from an abstract build (no weights computed)."""
+    abstract = nnx.eval_shape(lambda: build_network(space, arch, rngs=nnx.Rngs(0)))
+    return nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class PopulationEvaluator:
     """``fitness, metrics = evaluator(key, archs)``: valid accuracy after training.
@@ -83,25 +98,14 @@ class PopulationEvaluator:
         object.__setattr__(self, "execution", resolve_execution(self.execution))
 
     def _train_one(self, key: jax.Array, weights: jax.Array, train, valid) -> dict[str, jax.Array]:
-        k_init, k_data = jax.random.split(key)
-        model = build_network(self.space, rngs=nnx.Rngs(k_init))
-        graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-        return train_and_score(make_apply(graphdef, weights), params, stats, k_data,
-                               train, valid, self.recipe)
-
-    # The data are arguments, not captured constants: the compiled programs stay small and
-    # are shared (and persistently cached) across datasets of the same shapes.
-    def _init_one(self, key: jax.Array):
-        k_init, k_data = jax.random.split(key)
-        model = build_network(self.space, rngs=nnx.Rngs(k_init))
-        _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-        return params, stats, k_data
+        params, stats, k_data = init_candidate(self.space, None, key)
+        apply = make_apply(network_graphdef(self.space), weights)
+        return train_and_score(apply, params, stats, k_data, train, valid, self.recipe)
 
     @functools.cached_property
     def _host_loop(self):
-        abstract = nnx.eval_shape(lambda: build_network(self.space, rngs=nnx.Rngs(0)))
-        graphdef = nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
-        return jax.jit(self._init_one), HostLoopTrainer(graphdef, self.recipe)
+        init = jax.jit(functools.partial(init_candidate, self.space, None))
+        return init, HostLoopTrainer(network_graphdef(self.space), self.recipe)
 
     @functools.cached_property
     def _batched(self):
@@ -112,6 +116,8 @@ class PopulationEvaluator:
         archs = jnp.asarray(archs, jnp.int32)
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(archs.shape[0]))
         weights = jax.vmap(self.space.one_hot)(archs)
+        # The data are arguments, not captured constants: the compiled programs stay small and
+        # are shared (and persistently cached) across datasets of the same shapes.
         if self.execution == "vmap":
             out = self._batched(keys, weights, self.train, self.valid)
         else:
@@ -136,13 +142,6 @@ def train_standalone(key: jax.Array, space, arch, train_xy, eval_xy,
     ``HostLoopTrainer`` (measured faster than ``lax.scan`` for one network on XLA:CPU).
     """
     arch = tuple(int(a) for a in np.asarray(arch))
-
-    def init(key):
-        k_init, k_data = jax.random.split(key)
-        model = build_network(space, arch, rngs=nnx.Rngs(k_init))
-        _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-        return params, stats, k_data
-
-    abstract = nnx.eval_shape(lambda: build_network(space, arch, rngs=nnx.Rngs(0)))
-    trainer = HostLoopTrainer(nnx.split(abstract, nnx.Param, nnx.BatchStat)[0], recipe)
-    return trainer(*jax.jit(init)(key), None, train_xy, eval_xy)
+    trainer = HostLoopTrainer(network_graphdef(space, arch), recipe)
+    init = jax.jit(functools.partial(init_candidate, space, arch))
+    return trainer(*init(key), None, train_xy, eval_xy)
