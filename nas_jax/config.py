@@ -9,13 +9,27 @@ from __future__ import annotations
 
 import math
 
+import jax
 import ml_collections
 
 from nas_jax import registry
 from nas_jax.data.datasets import KNOWN_DATASETS
-from nas_jax.evaluators.population import EXECUTIONS, has_network, network_space_names
+from nas_jax.evaluators.population import (
+    EXECUTIONS,
+    has_network,
+    network_space_names,
+    supports_switch,
+)
+from nas_jax.evaluators.zero_cost import EXECUTIONS as ZERO_COST_EXECUTIONS
+from nas_jax.evaluators.zero_cost import has_relu_sites, naswot_space_names
 from nas_jax.strategies.genetic import ENCODINGS
 from nas_jax.train.steps import OPTIMIZERS
+from nas_jax.utils.sharding import mesh_shape
+
+NETWORK_EVALUATORS = ("population", "oneshot", "naswot", "synflow")  # need a space's network
+# Evaluators with their own execution choices (oneshot always scores in one vmapped call).
+EVALUATOR_EXECUTIONS = {"oneshot": ("auto", "vmap"), "naswot": ZERO_COST_EXECUTIONS,
+                        "synflow": ZERO_COST_EXECUTIONS}
 
 
 class ConfigError(ValueError):
@@ -53,13 +67,17 @@ def search_config() -> ml_collections.ConfigDict:
         hidden_size=64, temperature=5.0, tanh_constant=2.5, entropy_weight=1e-4,
         learning_rate=3.5e-4, baseline_decay=0.99,
     ))
-    c.evaluator = _recipe(name="population", execution="auto")
+    c.evaluator = _recipe(name="population", execution="auto",
+                          supernet_steps=500, bn_recalibration_batches=4,  # oneshot
+                          proxy_batch_size=64,  # naswot minibatch
+                          table_path="", allow_partial=False)  # table (a .npz benchmark)
     c.budget = ml_collections.ConfigDict(dict(num_evaluations=40))
     c.retrain = _recipe(steps=500, learning_rate=0.1)
     c.checkpoint = ml_collections.ConfigDict(dict(every_rounds=1, max_to_keep=2))
     c.runtime = ml_collections.ConfigDict(
         dict(compilation_cache_dir="~/.cache/nas_jax/xla", progress_interval_s=10.0,
-             threefry_partitionable=False))
+             threefry_partitionable=False,
+             mesh_candidates=-1, mesh_data=1))  # device mesh: -1 = all devices (data takes 1)
     return c
 
 
@@ -135,6 +153,15 @@ def _check_strategy(config) -> None:
                           f"must fit in budget.num_evaluations ({config.budget.num_evaluations})")
 
 
+def _check_mesh(runtime) -> None:
+    """The mesh must use every device (of every process): candidates x data = device count."""
+    try:
+        mesh_shape(runtime.mesh_candidates, runtime.mesh_data, jax.device_count())
+    except ValueError as e:
+        raise ConfigError(f"config.runtime.mesh_candidates={runtime.mesh_candidates}, "
+                          f"config.runtime.mesh_data={runtime.mesh_data}: {e}") from None
+
+
 def validate(config: ml_collections.ConfigDict):
     """Check ``config``; return the search space it describes. Raises ``ConfigError``."""
     _check_schema(config, search_config(), "")
@@ -155,6 +182,7 @@ def validate(config: ml_collections.ConfigDict):
                   "checkpoint.every_rounds", "checkpoint.max_to_keep"):
         _positive(config, field)
     _positive(config, "runtime.progress_interval_s", allow_zero=True)
+    _check_mesh(config.runtime)
     s = config.strategy
     if s.sample_size > s.population_size:
         raise ConfigError(f"config.strategy.sample_size={s.sample_size}: must be <= "
@@ -167,9 +195,30 @@ def validate(config: ml_collections.ConfigDict):
     if s.batch_size > config.budget.num_evaluations:
         raise ConfigError(f"config.strategy.batch_size={s.batch_size}: must be <= "
                           f"budget.num_evaluations ({config.budget.num_evaluations})")
-    if config.evaluator.name == "population" and not has_network(space):
-        raise ConfigError(f"config.space.name={config.space.name!r}: the population evaluator "
+    evaluator = config.evaluator.name
+    if evaluator in NETWORK_EVALUATORS and not has_network(space):
+        raise ConfigError(f"config.space.name={config.space.name!r}: the {evaluator} evaluator "
                           f"has networks for: {', '.join(network_space_names())}")
+    if evaluator == "naswot" and not has_relu_sites(space):
+        raise ConfigError(f"config.space.name={config.space.name!r}: the naswot evaluator knows "
+                          f"the ReLUs of: {', '.join(naswot_space_names())}")
+    _positive(config, "evaluator.supernet_steps")
+    _positive(config, "evaluator.bn_recalibration_batches", allow_zero=True)
+    _positive(config, "evaluator.proxy_batch_size")
+    own = EVALUATOR_EXECUTIONS.get(evaluator)
+    if own is not None and config.evaluator.execution not in own:
+        raise ConfigError(f"config.evaluator.execution={config.evaluator.execution!r}: the "
+                          f"{evaluator} evaluator allows: {', '.join(own)}")
+    if evaluator == "table":
+        from nas_jax.evaluators.table import table_config_problem
+
+        problem = table_config_problem(config.evaluator.table_path, space)
+        if problem:
+            raise ConfigError(f"config.evaluator.table_path={config.evaluator.table_path!r}: "
+                              f"{problem}")
+    if config.evaluator.execution == "switch" and not supports_switch(space):
+        raise ConfigError(f"config.evaluator.execution='switch': the {config.space.name} "
+                          "network has no switch mode; use loop, compiled or vmap")
     if config.evaluator.execution not in EXECUTIONS:
         raise ConfigError(f"config.evaluator.execution={config.evaluator.execution!r}: "
                           f"allowed: {', '.join(EXECUTIONS)}")

@@ -123,6 +123,39 @@ def _population(cfg, space, dataset):
     )
 
 
+def _oneshot(cfg, space, dataset):
+    import dataclasses
+
+    from nas_jax.evaluators.oneshot import OneShotEvaluator
+    from nas_jax.train.steps import recipe_from_config
+
+    return OneShotEvaluator(
+        space=space,
+        train=(dataset.train.x, dataset.train.y),
+        valid=(dataset.valid.x, dataset.valid.y),
+        recipe=dataclasses.replace(recipe_from_config(cfg), steps=cfg.supernet_steps),
+        bn_recalibration_batches=cfg.bn_recalibration_batches,
+    )
+
+
+def _zero_cost(proxy):
+    def build(cfg, space, dataset):
+        from nas_jax.evaluators.zero_cost import ZeroCostEvaluator
+
+        return ZeroCostEvaluator(space=space, train=(dataset.train.x, dataset.train.y),
+                                 proxy=proxy, batch_size=cfg.proxy_batch_size,
+                                 execution=cfg.execution)
+
+    return build
+
+
+def _table(cfg, space, dataset):
+    from nas_jax.evaluators.table import TableEvaluator
+
+    del dataset  # the table holds every architecture's results
+    return TableEvaluator.from_path(cfg.table_path, space=space, allow_partial=cfg.allow_partial)
+
+
 SPACES.register("nb201", _nb201)
 SPACES.register("darts", _darts)
 SPACES.register("macro_cnn", _macro_cnn)
@@ -132,3 +165,7 @@ STRATEGIES.register("regularized_evolution", _regularized_evolution)
 STRATEGIES.register("genetic_algorithm", _genetic_algorithm)
 STRATEGIES.register("reinforce", _reinforce)
 EVALUATORS.register("population", _population)
+EVALUATORS.register("table", _table)
+EVALUATORS.register("oneshot", _oneshot)
+EVALUATORS.register("naswot", _zero_cost("naswot"))
+EVALUATORS.register("synflow", _zero_cost("synflow"))

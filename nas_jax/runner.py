@@ -4,10 +4,18 @@
 workdir that holds a checkpoint resumes from it; round ``r`` always uses the key
 ``fold_in(key(seed), r)``, so a run killed at any point and restarted ends with exactly
 the same architectures, fitness and metrics as an uninterrupted one.
+
+Many devices: the evaluator gets the mesh of ``config.runtime`` (population split over
+``candidates``, batches over ``data``). Many processes (``jax.distributed``): every process
+runs this same loop; each evaluates its share of a round's candidates and all get the full
+result, so strategies stay identical everywhere. Process 0 alone writes metrics, plots and
+results; checkpoints are saved by all processes together (orbax's protocol), which needs
+the workdir on a filesystem every process sees.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -23,11 +31,13 @@ from nas_jax.config import ConfigError, validate
 from nas_jax.data.datasets import load_dataset
 from nas_jax.evaluators.population import train_standalone
 from nas_jax.train.steps import recipe_from_config
+from nas_jax.utils import sharding
 from nas_jax.utils.checkpoint import Checkpointer
 from nas_jax.utils.metrics import CONFIG_FILE, MetricWriter, Progress, to_python
 from nas_jax.utils.plots import plot_search_curve
 
 RETRAIN_KEY = 2**31 - 1  # fold_in index of the retraining key, apart from the round keys
+SUPERNET_KEY = 2**31 - 2  # fold_in index of the one-shot supernet's training key
 
 
 def setup_runtime(runtime: ml_collections.ConfigDict) -> None:
@@ -59,7 +69,8 @@ def _check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
         saved = json.load(f)
     current = to_python(config)
     for fields in (saved, current):  # these may change between a run and its resume
-        for name in ("compilation_cache_dir", "progress_interval_s"):
+        for name in ("compilation_cache_dir", "progress_interval_s", "mesh_candidates",
+                     "mesh_data"):  # results do not depend on the device split
             fields.get("runtime", {}).pop(name, None)
     if saved != current:
         changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
@@ -67,6 +78,43 @@ def _check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
             f"config.{changed[0]}: differs from the run checkpointed in {workdir}; "
             "resume with the same config or use a new --workdir"
         )
+
+
+def _say(message: str) -> None:
+    """A status line on stderr, from process 0 only."""
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
+class _ProcessCheckpointer:
+    """The run's checkpointer, also in multi-process runs: orbax saves and restores only
+    arrays that span the processes, so the (identical) per-process state is replicated over
+    every device for a save and brought back to this process's device after a restore."""
+
+    def __init__(self, ckpt: Checkpointer):
+        self.ckpt = ckpt
+        self.mesh = sharding.make_mesh() if jax.process_count() > 1 else None
+
+    def save(self, step: int, state, meta: dict) -> None:
+        if self.mesh is not None:
+            state = sharding.to_global(state, self.mesh)
+        self.ckpt.save(step, state, meta=meta)
+
+    def restore(self, like):
+        if self.mesh is None:
+            return self.ckpt.restore(like, with_meta=True)
+        state, meta = self.ckpt.restore(sharding.to_global(like, self.mesh), with_meta=True)
+        return sharding.to_local(state), meta
+
+
+def _with_mesh(evaluator, mesh):
+    """The evaluator on ``mesh`` where it takes one (a ``mesh`` field); others run whole on
+    every process."""
+    if mesh is None or not dataclasses.is_dataclass(evaluator):
+        return evaluator
+    if "mesh" not in {f.name for f in dataclasses.fields(evaluator)}:
+        return evaluator
+    return dataclasses.replace(evaluator, mesh=mesh)
 
 
 def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -80,6 +128,8 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if resuming:
         _check_same_run(workdir, config)
     setup_runtime(config.runtime)
+    mesh = sharding.mesh_from_config(config.runtime)
+    saver = _ProcessCheckpointer(ckpt)
     writer = MetricWriter(workdir)
     writer.write_config(config)
 
@@ -90,7 +140,14 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                   num_classes=dataset.num_classes)
     strategy = registry.STRATEGIES.build(config.strategy.name, config.strategy, space)
     evaluator = registry.EVALUATORS.build(config.evaluator.name, config.evaluator, space, dataset)
+    evaluator = _with_mesh(evaluator, mesh)
     root = jax.random.key(config.seed)
+    if hasattr(evaluator, "train_supernet"):  # one-shot: train the shared weights once
+        # Deterministic in its key, so a resumed run retrains the identical supernet (it is
+        # not checkpointed yet: a resume pays the training again).
+        _say(f"training the one-shot supernet ({config.evaluator.supernet_steps} steps)")
+        evaluator = evaluator.with_supernet(
+            evaluator.train_supernet(jax.random.fold_in(root, SUPERNET_KEY)))
     budget = config.budget.num_evaluations
     num_rounds = math.ceil(budget / strategy.batch_size)
 
@@ -99,19 +156,21 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     meta: dict = {}
     start = 0
     if resuming:
-        state, meta = ckpt.restore(state, with_meta=True)
+        state, meta = saver.restore(state)
         start, history = int(meta["round"]), list(meta["history"])
-        print(f"resuming {workdir} from round {start}/{num_rounds} ({len(history)} evaluations)",
-              file=sys.stderr, flush=True)
+        _say(f"resuming {workdir} from round {start}/{num_rounds} ({len(history)} evaluations)")
     writer.truncate_after(len(history) - 1)
 
     ask, tell = jax.jit(strategy.ask), jax.jit(strategy.tell)
     progress = Progress(num_rounds, start=start, name="search",
                         interval_s=config.runtime.progress_interval_s)
     if start < num_rounds:
-        print(f"searching: {num_rounds - start} rounds of {strategy.batch_size} candidates, "
-              f"execution={evaluator.execution} on {jax.default_backend()} (the first round "
-              "includes compiling, unless cached)", file=sys.stderr, flush=True)
+        placement = "" if mesh is None else (
+            f", mesh candidates={mesh.shape[sharding.CANDIDATES]} x "
+            f"data={mesh.shape[sharding.DATA]} over {jax.process_count()} process(es)")
+        _say(f"searching: {num_rounds - start} rounds of {strategy.batch_size} candidates, "
+             f"execution={evaluator.execution} on {jax.default_backend()}{placement} (the "
+             "first round includes compiling, unless cached)")
     t0 = time.time()
     for r in range(start, num_rounds):
         k_ask, k_eval = jax.random.split(jax.random.fold_in(root, r + 1))
@@ -122,22 +181,26 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
         for i, arch in enumerate(np.asarray(archs)):
             best_so_far = max(float(fitness[i]), history[-1]["best_fitness"] if history
                               else -math.inf)
-            row = {"round": r + 1, "arch": space.to_string(arch),
-                   "fitness": float(fitness[i]), "valid_loss": float(out["valid_loss"][i]),
-                   "train_loss": float(out["train_loss"][i]), "best_fitness": best_so_far}
+            row = {"round": r + 1, "arch": space.to_string(arch), "fitness": float(fitness[i])}
+            # Whatever per-candidate metrics the evaluator returns (losses, proxy scores).
+            row.update({k: float(v[i]) for k, v in out.items()
+                        if k != "finite" and np.ndim(v) == 1})
+            row["best_fitness"] = best_so_far
             writer.write(len(history), row)
             history.append(row)
         if (r + 1) % config.checkpoint.every_rounds == 0 or r + 1 == num_rounds:
-            ckpt.save(r + 1, state, meta={"round": r + 1, "history": history})
-        progress.update(r + 1, {"evaluated": len(history), "best": float(metrics["best_fitness"])})
+            saver.save(r + 1, state, meta={"round": r + 1, "history": history})
+        if jax.process_index() == 0:
+            progress.update(r + 1, {"evaluated": len(history),
+                                    "best": float(metrics["best_fitness"])})
     search_seconds = time.time() - t0
 
     best = strategy.best(state)
     best_arch = np.asarray(best.arch)
     result = meta.get("retrain") if resuming else None
     if result is None and config.retrain.steps > 0:
-        print(f"retraining {space.to_string(best_arch)} from scratch "
-              f"({config.retrain.steps} steps)", file=sys.stderr, flush=True)
+        _say(f"retraining {space.to_string(best_arch)} from scratch "
+             f"({config.retrain.steps} steps)")
         out = train_standalone(jax.random.fold_in(root, RETRAIN_KEY), space, best_arch,
                                (dataset.train.x, dataset.train.y),
                                (dataset.test.x, dataset.test.y),
@@ -145,8 +208,8 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
         result = {"test_accuracy": float(out["valid_accuracy"]),
                   "test_loss": float(out["valid_loss"]),
                   "finite": bool(out["finite"])}
-        ckpt.save(num_rounds + 1, state,
-                  meta={"round": num_rounds, "history": history, "retrain": result})
+        saver.save(num_rounds + 1, state,
+                   meta={"round": num_rounds, "history": history, "retrain": result})
     ckpt.close()
 
     summary = {
@@ -167,8 +230,10 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
         final["test_accuracy"] = result["test_accuracy"]
     writer.write(len(history), final)
     writer.close()
-    _write_outputs(workdir, summary, history)
-    _print_summary(summary, history, search_seconds, resumed_from=start if resuming else None)
+    if jax.process_index() == 0:
+        _write_outputs(workdir, summary, history)
+        _print_summary(summary, history, search_seconds,
+                       resumed_from=start if resuming else None)
     return summary
 
 

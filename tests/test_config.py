@@ -105,10 +105,11 @@ def test_entry_point_reports_one_line_before_any_work(tmp_path):
     assert not workdir.exists()
 
 
-def test_space_without_a_network_is_rejected_for_population_training():
-    with pytest.raises(ConfigError, match=r"config.space.name='darts': the population "
-                                          r"evaluator has networks for: nb201"):
-        validate(_config(space__name="darts"))
+def test_switch_execution_needs_a_network_with_a_switch_mode():
+    validate(_config(evaluator__execution="switch"))
+    with pytest.raises(ConfigError, match=r"config.evaluator.execution='switch': the darts "
+                                          r"network has no switch mode"):
+        validate(_config(space__name="darts", evaluator__execution="switch"))
 
 
 def test_every_registered_space_builds_from_the_default_schema():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -25,11 +26,20 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from nas_jax.evaluators.executors import CompiledExecutor
+from nas_jax.spaces.darts import DartsSpace
+from nas_jax.spaces.macro import MacroCNNSpace, MLPSpace
 from nas_jax.spaces.nb201 import NB201Space
+from nas_jax.supernet.darts import DartsNetwork
+from nas_jax.supernet.macro import MacroCNNNetwork, MLPNetwork
 from nas_jax.supernet.nb201 import NB201Network
 from nas_jax.train.steps import HostLoopTrainer, Recipe, make_apply, train_and_score
+from nas_jax.utils import sharding
 
-EXECUTIONS = ("auto", "loop", "vmap")
+EXECUTIONS = ("auto", "loop", "switch", "compiled", "vmap")
+# Network options of the supernet each host-loop execution trains.
+EXECUTION_OPTIONS = {"switch": {"select": "switch", "conv_impl": "matmul"}}
+MESH_LOOP_EXECUTIONS = ("loop", "switch")  # host-loop executions that use a mesh
 
 
 def resolve_execution(execution: str) -> str:
@@ -41,38 +51,49 @@ def resolve_execution(execution: str) -> str:
     return execution
 
 
-NETWORKS = {"nb201": (NB201Space, NB201Network)}  # registry name -> (space type, network)
+NETWORKS = {"nb201": (NB201Space, NB201Network), "macro_cnn": (MacroCNNSpace, MacroCNNNetwork),
+            "mlp": (MLPSpace, MLPNetwork),
+            "darts": (DartsSpace, DartsNetwork)}  # registry name -> (space type, network)
 
 
 def has_network(space) -> bool:
     return any(isinstance(space, space_type) for space_type, _ in NETWORKS.values())
 
 
+def supports_switch(space) -> bool:
+    """Whether the space's supernet has a ``select="switch"`` mode (see ``NB201Cell``)."""
+    for space_type, network in NETWORKS.values():
+        if isinstance(space, space_type):
+            return "select" in inspect.signature(network.__init__).parameters
+    return False
+
+
 def network_space_names() -> tuple[str, ...]:
     return tuple(NETWORKS)
 
 
-def build_network(space, arch=None, *, rngs: nnx.Rngs) -> nnx.Module:
-    """The supernet (``arch=None``) or standalone network for a space."""
+def build_network(space, arch=None, *, rngs: nnx.Rngs, **options) -> nnx.Module:
+    """The supernet (``arch=None``) or standalone network for a space; ``options`` go to the
+    network's constructor (e.g. NB201's ``select``/``conv_impl``)."""
     for space_type, network in NETWORKS.values():
         if isinstance(space, space_type):
-            return network(space, arch, rngs=rngs)
+            return network(space, arch, rngs=rngs, **options)
     raise ValueError(f"no network is registered for space {type(space).__name__}; "
                      f"networks exist for: {', '.join(NETWORKS)}")
 
 
-def init_candidate(space, arch, key: jax.Array):
+def init_candidate(space, arch, key: jax.Array, **options):
     """Fresh weights of a supernet (``arch=None``) or standalone network, and the key for
     its batches: ``(params, stats, data_key)``. Jittable with ``space`` and ``arch`` bound."""
     k_init, k_data = jax.random.split(key)
-    model = build_network(space, arch, rngs=nnx.Rngs(k_init))
+    model = build_network(space, arch, rngs=nnx.Rngs(k_init), **options)
     _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     return params, stats, k_data
 
 
-def network_graphdef(space, arch=None) -> nnx.GraphDef:
+def network_graphdef(space, arch=None, **options) -> nnx.GraphDef:
     """The network's graph definition, from an abstract build (no weights computed)."""
-    abstract = nnx.eval_shape(lambda: build_network(space, arch, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: build_network(space, arch, rngs=nnx.Rngs(0), **options))
     return nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
 
 
@@ -86,6 +107,12 @@ class PopulationEvaluator:
       valid: ``(x, y)`` device arrays they are scored on.
       recipe: the per-candidate training recipe.
       execution: ``auto`` | ``loop`` | ``vmap``.
+      mesh: optional ``(candidates, data)`` mesh (``utils.sharding.make_mesh``). ``vmap``
+        splits the population over ``candidates`` and each candidate's batch over ``data``;
+        the host-loop executions (``MESH_LOOP_EXECUTIONS``) place candidates on the mesh's
+        devices round-robin so their work overlaps (one compile per device); ``compiled``
+        ignores it. Across processes each evaluates its share and every process gets the
+        full result. Results equal the single-device ones.
     """
 
     space: object
@@ -93,23 +120,66 @@ class PopulationEvaluator:
     valid: tuple
     recipe: Recipe
     execution: str = "auto"
+    mesh: jax.sharding.Mesh | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "execution", resolve_execution(self.execution))
+        if self.execution == "switch" and not supports_switch(self.space):
+            raise ValueError(f"execution='switch': the {type(self.space).__name__} network "
+                             "has no switch mode; use loop, compiled or vmap")
 
     def _train_one(self, key: jax.Array, weights: jax.Array, train, valid) -> dict[str, jax.Array]:
         params, stats, k_data = init_candidate(self.space, None, key)
         apply = make_apply(network_graphdef(self.space), weights)
+        if self.mesh is not None:
+            apply = sharding.constrain_batch(apply)
         return train_and_score(apply, params, stats, k_data, train, valid, self.recipe)
 
     @functools.cached_property
     def _host_loop(self):
-        init = jax.jit(functools.partial(init_candidate, self.space, None))
-        return init, HostLoopTrainer(network_graphdef(self.space), self.recipe)
+        options = EXECUTION_OPTIONS.get(self.execution, {})
+        init = jax.jit(functools.partial(init_candidate, self.space, None, **options))
+        return init, HostLoopTrainer(network_graphdef(self.space, **options), self.recipe)
+
+    @functools.cached_property
+    def _compiled(self):
+        return CompiledExecutor(self.space, self.recipe)
 
     @functools.cached_property
     def _batched(self):
-        return jax.jit(jax.vmap(self._train_one, in_axes=(0, 0, None, None)))
+        in_axes = (0, 0, None, None)
+        train_all = jax.vmap(self._train_one, in_axes=in_axes)
+        if self.mesh is None:
+            return jax.jit(train_all)
+        return sharding.jit_over_candidates(train_all, self.mesh, in_axes)
+
+    @functools.cached_property
+    def _mesh_data(self):
+        """``(train, valid)`` replicated over the mesh (vmap) or copied to each of this
+        process's mesh devices (loop), once per evaluator."""
+        if self.execution == "vmap":
+            return sharding.put((self.train, self.valid), sharding.replicated(self.mesh))
+        return {d: jax.device_put((self.train, self.valid), d)
+                for d in sharding.local_devices(self.mesh)}
+
+    def _vmap_on_mesh(self, keys, weights) -> dict[str, jax.Array]:
+        n = keys.shape[0]
+        padded = sharding.pad_rows((keys, weights), sharding.padded_size(n, self.mesh))
+        placed = sharding.put(padded, sharding.candidate_sharding(self.mesh))
+        out = sharding.gather(self._batched(*placed, *self._mesh_data))
+        return jax.tree.map(lambda x: jnp.asarray(x[:n]), out)
+
+    def _loop_on_mesh(self, keys, weights) -> dict[str, jax.Array]:
+        init, trainer = self._host_loop
+        devices = sharding.local_devices(self.mesh)
+        share = sharding.process_share(keys.shape[0])
+        rows = []
+        for j, i in enumerate(share or [0]):  # an empty share computes one row to drop
+            device = devices[j % len(devices)]
+            key, w = jax.device_put((keys[i], weights[i]), device)
+            rows.append(trainer(*init(key), w, *self._mesh_data[device]))
+        local = jax.tree.map(lambda *xs: np.stack(xs)[: len(share)], *jax.device_get(rows))
+        return jax.tree.map(jnp.asarray, sharding.allgather_shares(local, keys.shape[0]))
 
     def __call__(self, key: jax.Array, archs) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Train and score ``archs`` (``int32[P, D]``); candidate ``i`` uses ``fold_in(key, i)``."""
@@ -118,8 +188,14 @@ class PopulationEvaluator:
         weights = jax.vmap(self.space.one_hot)(archs)
         # The data are arguments, not captured constants: the compiled programs stay small and
         # are shared (and persistently cached) across datasets of the same shapes.
-        if self.execution == "vmap":
+        if self.mesh is not None and self.execution == "vmap":
+            out = self._vmap_on_mesh(keys, weights)
+        elif self.mesh is not None and self.execution in MESH_LOOP_EXECUTIONS:
+            out = self._loop_on_mesh(keys, weights)
+        elif self.execution == "vmap":
             out = self._batched(keys, weights, self.train, self.valid)
+        elif self.execution == "compiled":
+            out = self._compiled(keys, np.asarray(archs), None, self.train, self.valid)
         else:
             init, trainer = self._host_loop
             rows = [trainer(*init(keys[i]), weights[i], self.train, self.valid)

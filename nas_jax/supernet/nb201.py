@@ -16,16 +16,30 @@ from flax import nnx
 from nas_jax import ops
 from nas_jax.spaces.nb201 import CONV_KERNEL, EDGES, NUM_NODES, OPS, NB201Space
 
+SELECTS = ("mixture", "switch")
+
 
 class NB201Cell(nnx.Module):
-    """One cell. ``edge_ops[e]`` lists the operations present on edge ``e``."""
+    """One cell. ``edge_ops[e]`` lists the operations present on edge ``e``.
 
-    def __init__(self, channels: int, edge_ops: tuple[tuple[str, ...], ...], *, rngs: nnx.Rngs):
+    ``select`` says how a supernet cell combines an edge's operations: ``mixture`` computes
+    all of them and sums them weighted (DARTS; exact gradients for every weight); ``switch``
+    computes only the edge's arg-max operation under ``lax.switch`` and scales it by its
+    weight (one compiled program for every architecture that costs only the chosen ops at
+    run time; the GDAS forward). For one-hot weights both give the same outputs.
+    """
+
+    def __init__(self, channels: int, edge_ops: tuple[tuple[str, ...], ...], *,
+                 select: str = "mixture", impl: str = "xla", rngs: nnx.Rngs):
+        if select not in SELECTS:
+            raise ValueError(f"select={select!r}; allowed: {', '.join(SELECTS)}")
         self.edge_ops = edge_ops
+        self.select = select
         for e, names in enumerate(edge_ops):
             for name in names:
                 if name in CONV_KERNEL:
-                    block = ops.ReLUConvBN(channels, channels, CONV_KERNEL[name], rngs=rngs)
+                    block = ops.ReLUConvBN(channels, channels, CONV_KERNEL[name], impl=impl,
+                                           rngs=rngs)
                     setattr(self, f"e{e}_{name}", block)
 
     def _apply(self, e: int, name: str, h: jax.Array, train: bool) -> jax.Array | None:
@@ -37,6 +51,15 @@ class NB201Cell(nnx.Module):
             return ops.avg_pool_3x3(h)
         return getattr(self, f"e{e}_{name}")(h, train)
 
+    def _branch(self, e: int, name: str, train: bool, h: jax.Array) -> jax.Array:
+        out = self._apply(e, name, h, train)
+        return jnp.zeros_like(h) if out is None else out
+
+    def _switched(self, e: int, h: jax.Array, weights: jax.Array, train: bool) -> jax.Array:
+        idx = jnp.argmax(weights[e])
+        branches = [lambda cell, h, name=name: cell._branch(e, name, train, h) for name in OPS]
+        return weights[e, idx] * nnx.switch(idx, branches, self, h)
+
     def __call__(self, x: jax.Array, weights: jax.Array | None, train: bool) -> jax.Array:
         """``weights``: ``float[6, 5]`` mixture weights per edge, or None (single op per edge)."""
         nodes = [x]
@@ -44,6 +67,9 @@ class NB201Cell(nnx.Module):
             acc = jnp.zeros_like(x)
             for e, (dst, src) in enumerate(EDGES):
                 if dst != node:
+                    continue
+                if weights is not None and self.select == "switch":
+                    acc = acc + self._switched(e, nodes[src], weights, train)
                     continue
                 for name in self.edge_ops[e]:
                     out = self._apply(e, name, nodes[src], train)
@@ -65,7 +91,8 @@ class NB201Network(nnx.Module):
         given at call time); an ``int[6]`` architecture for a standalone network.
     """
 
-    def __init__(self, space: NB201Space, arch=None, *, rngs: nnx.Rngs):
+    def __init__(self, space: NB201Space, arch=None, *, select: str = "mixture",
+                 conv_impl: str = "xla", rngs: nnx.Rngs):
         if arch is None:
             edge_ops = tuple(OPS for _ in EDGES)
         else:
@@ -74,13 +101,14 @@ class NB201Network(nnx.Module):
         self.is_supernet = arch is None
         c_in = space.input_shape[-1]
         c = space.channels
-        self.stem = ops.Conv(c_in, c, 3, rngs=rngs)
+        self.stem = ops.Conv(c_in, c, 3, impl=conv_impl, rngs=rngs)
         self.stem_bn = ops.BatchNorm(c)
         layers = []
         for stage, ch in enumerate((c, 2 * c, 4 * c)):
             if stage > 0:
-                layers.append(ops.ResidualReduction(ch // 2, ch, rngs=rngs))
-            layers.extend(NB201Cell(ch, edge_ops, rngs=rngs) for _ in range(space.cells_per_stage))
+                layers.append(ops.ResidualReduction(ch // 2, ch, impl=conv_impl, rngs=rngs))
+            layers.extend(NB201Cell(ch, edge_ops, select=select, impl=conv_impl, rngs=rngs)
+                          for _ in range(space.cells_per_stage))
         self.layers = nnx.List(layers)
         self.head_bn = ops.BatchNorm(4 * c)
         self.classifier = ops.Dense(4 * c, space.num_classes, rngs=rngs)

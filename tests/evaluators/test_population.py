@@ -149,7 +149,8 @@ def test_execution_choice():
     assert resolve_execution("loop") == "loop" and resolve_execution("vmap") == "vmap"
     expected = "loop" if jax.default_backend() == "cpu" else "vmap"
     assert resolve_execution("auto") == expected
-    with pytest.raises(ValueError, match="execution='pmap'; allowed: auto, loop, vmap"):
+    with pytest.raises(ValueError,
+                       match="execution='pmap'; allowed: auto, loop, switch, compiled, vmap"):
         PopulationEvaluator(SPACE, TRAIN, VALID, RECIPE, execution="pmap")
     with pytest.raises(ValueError, match="no network"):
         population.build_network(object(), rngs=nnx.Rngs(0))

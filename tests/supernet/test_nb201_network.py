@@ -139,3 +139,47 @@ def test_gradient_wrt_mixture_weights_matches_finite_differences(supernet):
         v = jax.random.normal(jax.random.key(5), (6, 5), jnp.float64)
         fd_v = (float(loss(w + eps * v)) - float(loss(w - eps * v))) / (2 * eps)
         np.testing.assert_allclose(fd_v, float(jnp.sum(grad * v)), rtol=1e-4)
+
+
+
+def test_switch_select_equals_mixture_for_one_hot_weights(supernet):
+    """``select="switch"`` (only the chosen op under lax.switch, matmul convolutions) gives
+    the mixture's logits, batch statistics and parameter gradients for one-hot weights."""
+    state, _, mixture = supernet
+    graphdef = nnx.split(nnx.eval_shape(lambda: NB201Network(
+        SPACE, select="switch", conv_impl="matmul", rngs=nnx.Rngs(0))))[0]
+    r = jax.random.normal(jax.random.key(5), (4, 3))
+
+    def switched(state, weights, x, train):
+        m = nnx.merge(graphdef, state, copy=True)
+        return m(x, weights, train=train), nnx.state(m, nnx.BatchStat)
+
+    def loss(params, rest, w, fwd):
+        logits, stats = fwd(nnx.merge_state(params, rest), w, X, True)
+        return jnp.sum(logits * r), stats
+
+    params, rest = nnx.split_state(state, nnx.Param, ...)
+    for arch in [(3, 0, 2, 4, 1, 3), (2, 1, 0, 0, 4, 3)]:
+        w = one_hot_weights(SPACE, arch)
+        out = [jax.jit(jax.grad(loss, has_aux=True), static_argnums=3,
+                       compiler_options=FAST_COMPILE)(params, rest, w, fwd)
+               for fwd in (switched, mixture)]
+        (g_switch, s_switch), (g_mix, s_mix) = out
+        for a, b in zip(jax.tree.leaves(g_switch), jax.tree.leaves(g_mix)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        # Running statistics: the chosen ops' (and stem/reduction/head) agree; the mixture
+        # also updates the unchosen ops' statistics (computed with weight 0), the switch
+        # leaves them as they were.
+        before = dict(nnx.to_flat_state(nnx.state(state, nnx.BatchStat)))
+        chosen = {f"e{e}_{OPS[a]}" for e, a in enumerate(arch)}
+        mixed = dict(nnx.to_flat_state(s_mix))
+        for path, value in nnx.to_flat_state(s_switch):
+            cell_op = path[0] == "layers" and str(path[2])[:1] == "e"
+            if not cell_op or str(path[2]) in chosen:
+                np.testing.assert_allclose(value[...], mixed[path][...], rtol=1e-5, atol=1e-6)
+            else:
+                np.testing.assert_array_equal(value[...], before[path][...])
+        logits = jax.jit(switched, static_argnums=3, compiler_options=FAST_COMPILE)(
+            state, w, X, False)[0]
+        np.testing.assert_allclose(logits, mixture(state, w, X, False)[0], rtol=1e-5,
+                                   atol=1e-5)

@@ -1,0 +1,27 @@
+"""Population-training throughput per execution strategy, side by side in one run:
+``python experiments/benchmark.py --config=configs/benchmark_population.py``."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from nas_jax.benchmark import run_benchmark  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/benchmark_population.py")
+flags.DEFINE_string("workdir", None, "Optional: where benchmark.json is written.")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    run_benchmark(_CONFIG.value, flags.FLAGS.workdir, log=lambda s: print(s, flush=True))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,32 @@
+"""Compare search strategies on a tabular benchmark: ``python experiments/compare.py
+--config=configs/compare_nb201_digits.py --workdir=/tmp/nas_compare``."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from nas_jax.compare import run_compare  # noqa: E402
+from nas_jax.config import ConfigError  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).")
+flags.DEFINE_string("workdir", None, "Where the table, plot and JSON of the comparison go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    try:
+        run_compare(_CONFIG.value, flags.FLAGS.workdir)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,279 @@
+"""DARTS CIFAR networks: a supernet that takes the architecture as an input, and a standalone
+network that computes only one architecture's chosen operations (DARTS' ``NetworkCIFAR``).
+
+Both share one module tree layout (``cells/<i>/e<edge>_<op>/...`` plus ``preprocess0/1``), so
+a standalone network's state is a sub-tree of the supernet's: ``extract_standalone`` copies
+the chosen operations' weights across, and for a one-hot input both give the same output.
+
+The supernet mixes per edge: ``node = sum_edges sum_ops w[cell type, edge, op] * op(input)``.
+Its weights come either per decision (``float[32, 8]``, e.g. ``space.one_hot(arch)``,
+converted by ``edge_weights``) or per edge (``float[2, 14, 8]`` = ``ALPHA_SHAPE``, e.g.
+``softmax(alpha)`` for DARTS or a Gumbel sample for GDAS). ``none`` is never computed: it
+would add zeros.
+
+Batch norm: by default every BN has a scale and shift (``affine=True``), as in DARTS'
+evaluation network, so a one-hot supernet trains exactly the standalone network and
+parameter counts match ``DartsSpace.num_params``. ``affine=False, pool_bn=True`` gives DARTS'
+search-time form (``model_search.py``): affine-free BN in the cells (the architecture weights
+alone scale each op) and an affine-free BN after each pooling op; the stem stays affine. Build
+the standalone with the same flags for exact equality. (An affine BN at its init, scale 1 and
+shift 0, computes the same as an affine-free one.)
+
+Not implemented: DARTS' auxiliary head and drop-path (training-time regularisers).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from nas_jax import ops
+from nas_jax.spaces.darts import (
+    CELLS,
+    CONCAT,
+    DIL_KERNEL,
+    INPUT_POSITIONS,
+    NUM_NODES,
+    OP_POSITIONS,
+    PRIMITIVES,
+    SEP_KERNEL,
+    DartsSpace,
+    decision_index,
+)
+
+EDGES = tuple((node, src) for node in range(NUM_NODES) for src in range(node + 2))
+NUM_EDGES = len(EDGES)  # 14
+ALPHA_SHAPE = (len(CELLS), NUM_EDGES, len(PRIMITIVES))  # (cell type, edge, op) = (2, 14, 8)
+_POOLS = {"max_pool_3x3": ops.max_pool_3x3, "avg_pool_3x3": ops.avg_pool_3x3}
+
+
+def edge_index(node: int, src: int) -> int:
+    """Index of the edge into intermediate node ``node`` (0..3) from input ``src`` (0, 1: the
+    cell inputs; 2..node+1: earlier nodes), in DARTS' order (node 0: 0, 1; node 1: 2, 3, 4; ...)."""
+    if not 0 <= node < NUM_NODES:
+        raise ValueError(f"node {node} out of range; nodes are 0..{NUM_NODES - 1}")
+    if not 0 <= src < node + 2:
+        raise ValueError(f"input {src} out of range; node {node} takes inputs 0..{node + 1}")
+    return node * (node + 3) // 2 + src
+
+
+def edge_weights(space: DartsSpace, weights: jax.Array) -> jax.Array:
+    """Per-decision weights ``float[32, 8]`` -> per-edge op weights ``float[2, 14, 8]``.
+
+    For each node's slot j: ``w[cell, edge(node, k), o] += w_input_j[k] * w_op_j[o]``, so a
+    one-hot architecture gives 1 on each chosen (edge, op) (2 where a node's two slots pick the
+    same input and op). Jittable; ``vmap`` it for a batch.
+    """
+    expected = (space.num_decisions, space.max_choices)
+    if tuple(weights.shape) != expected:
+        raise ValueError(f"DARTS supernet weights have shape {tuple(weights.shape)}; expected "
+                         f"{expected} (per decision, e.g. space.one_hot(arch)), or pass "
+                         f"per-edge weights {ALPHA_SHAPE} as edge_weights=")
+    w_in = weights[np.asarray(INPUT_POSITIONS)]  # [16 slots, 8]; columns past node+2 unused
+    w_op = weights[np.asarray(OP_POSITIONS)]  # [16 slots, 8 ops]
+    out = jnp.einsum("sk,so,ske->eo", w_in, w_op, jnp.asarray(_SLOT_TO_EDGE, weights.dtype))
+    return out.reshape(ALPHA_SHAPE)
+
+
+def _slot_to_edge() -> np.ndarray:
+    """``[16 slots, 8 inputs, 2 * 14 edges]``: 1 where slot s's input k is edge e (flattened
+    over cell types); zero for input columns a node does not have."""
+    table = np.zeros((len(INPUT_POSITIONS), 8, len(CELLS) * NUM_EDGES), np.float32)
+    for cell in range(len(CELLS)):
+        for node in range(NUM_NODES):
+            for slot in range(2):
+                s = INPUT_POSITIONS.index(decision_index(cell, node, slot, 0))
+                for src in range(node + 2):
+                    table[s, src, cell * NUM_EDGES + edge_index(node, src)] = 1.0
+    return table
+
+
+_SLOT_TO_EDGE = _slot_to_edge()
+_decision_to_edge_weights = edge_weights  # DartsNetwork.__call__ has an argument of that name
+
+
+def _standalone_edge_ops(arch: np.ndarray, cell: int) -> tuple[tuple[tuple[str, int], ...], ...]:
+    """Per edge, the chosen ``(op, multiplicity)`` pairs of one cell type (``none`` dropped)."""
+    counts = [dict() for _ in EDGES]
+    for node in range(NUM_NODES):
+        for slot in range(2):
+            src = int(arch[decision_index(cell, node, slot, 0)])
+            name = PRIMITIVES[int(arch[decision_index(cell, node, slot, 1)])]
+            if name != "none":
+                per_edge = counts[edge_index(node, src)]
+                per_edge[name] = per_edge.get(name, 0) + 1
+    return tuple(tuple((n, c[n]) for n in PRIMITIVES if n in c) for c in counts)
+
+
+_SUPERNET_EDGE_OPS = tuple(tuple((name, 1) for name in PRIMITIVES[1:]) for _ in EDGES)
+
+
+class DartsCell(nnx.Module):
+    """One DARTS cell: preprocess both inputs to ``channels``, 4 nodes, concat the 4 nodes.
+
+    ``edge_ops[e]`` lists the ``(op, multiplicity)`` pairs present on edge ``e``. In a
+    reduction cell the ops reading a cell input (inputs 0, 1) have stride 2.
+    """
+
+    def __init__(self, c_pp: int, c_p: int, channels: int, *, reduction: bool,
+                 reduction_prev: bool, edge_ops, affine: bool, pool_bn: bool,
+                 depthwise_impl: str, rngs: nnx.Rngs):
+        self.reduction = reduction
+        self.edge_ops = edge_ops
+        if reduction_prev:  # c_{k-2} is at twice this cell's input resolution
+            self.preprocess0 = ops.FactorizedReduce(c_pp, channels, affine=affine, rngs=rngs)
+        else:
+            self.preprocess0 = ops.ReLUConvBN(c_pp, channels, 1, affine=affine, rngs=rngs)
+        self.preprocess1 = ops.ReLUConvBN(c_p, channels, 1, affine=affine, rngs=rngs)
+        for e, (_, src) in enumerate(EDGES):
+            stride = 2 if reduction and src < 2 else 1
+            for name, _ in edge_ops[e]:
+                block = _make_op(name, channels, stride, affine, pool_bn, depthwise_impl, rngs)
+                if block is not None:
+                    setattr(self, f"e{e}_{name}", block)
+
+    def _apply(self, e: int, name: str, h: jax.Array, train: bool) -> jax.Array:
+        stride = 2 if self.reduction and EDGES[e][1] < 2 else 1
+        block = getattr(self, f"e{e}_{name}", None)
+        if name in _POOLS:
+            out = _POOLS[name](h, stride)
+            return out if block is None else block(out, train)
+        if name == "skip_connect" and stride == 1:
+            return h
+        return block(h, train)
+
+    def __call__(self, s0: jax.Array, s1: jax.Array, weights: jax.Array | None,
+                 train: bool) -> jax.Array:
+        """``weights``: ``float[14, 8]`` op weights per edge (supernet), or None (standalone:
+        each chosen op counted with its multiplicity)."""
+        states = [self.preprocess0(s0, train), self.preprocess1(s1, train)]
+        for node in range(NUM_NODES):
+            acc = None
+            for src in range(node + 2):
+                e = edge_index(node, src)
+                for name, count in self.edge_ops[e]:
+                    out = self._apply(e, name, states[src], train)
+                    if weights is not None:
+                        out = weights[e, PRIMITIVES.index(name)] * out
+                    elif count != 1:
+                        out = count * out
+                    acc = out if acc is None else acc + out
+            if acc is None:  # every op into this node is `none`
+                b, h, w, c = states[1].shape
+                if self.reduction:
+                    h, w = (h + 1) // 2, (w + 1) // 2
+                acc = jnp.zeros((b, h, w, c), states[1].dtype)
+            states.append(acc)
+        return jnp.concatenate([states[i] for i in CONCAT], axis=-1)
+
+
+def _make_op(name: str, c: int, stride: int, affine: bool, pool_bn: bool, depthwise_impl: str,
+             rngs: nnx.Rngs) -> nnx.Module | None:
+    """The module holding op ``name``'s weights/statistics, or None if it has neither."""
+    if name in SEP_KERNEL:
+        return ops.SepConv(c, c, SEP_KERNEL[name], stride=stride, affine=affine,
+                           depthwise_impl=depthwise_impl, rngs=rngs)
+    if name in DIL_KERNEL:
+        return ops.DilConv(c, c, DIL_KERNEL[name], stride=stride, affine=affine,
+                           depthwise_impl=depthwise_impl, rngs=rngs)
+    if name == "skip_connect" and stride == 2:
+        return ops.FactorizedReduce(c, c, affine=affine, rngs=rngs)
+    if name in _POOLS and pool_bn:
+        return ops.BatchNorm(c, affine=False)
+    return None
+
+
+class DartsNetwork(nnx.Module):
+    """DARTS' CIFAR network: stem conv3x3 + BN, ``space.num_cells`` cells (reduction cells at
+    ``space.reduction_cells`` double the width and halve the resolution), global average
+    pool, linear classifier.
+
+    Args:
+      space: the DARTS space (channels, num_cells, stem_multiplier, input_shape, num_classes).
+      arch: None for the supernet (all 7 non-``none`` ops on all 14 edges of both cell types,
+        mixed by the weights given at call time); an ``int[32]`` architecture for a standalone
+        network. If a node's two slots pick the same input and op, the standalone network
+        holds that op once and doubles its output (the supernet's edge weight is then 2);
+        ``space.num_params`` counts two copies, as DARTS' model.py builds two.
+      affine: BN scale/shift in the cells (see the module docstring).
+      pool_bn: an affine-free BN after each pooling op (DARTS' search supernet).
+      depthwise_impl: how the sep/dil convs' depthwise convolutions are computed
+        (``ops.depthwise_conv2d``: ``auto``, ``slices`` or ``xla``); same weights and numbers.
+    """
+
+    def __init__(self, space: DartsSpace, arch=None, *, affine: bool = True,
+                 pool_bn: bool = False, depthwise_impl: str = "auto", rngs: nnx.Rngs):
+        if not isinstance(space, DartsSpace):
+            raise ValueError(f"DartsNetwork needs a DartsSpace, got {type(space).__name__}")
+        if depthwise_impl not in ops.DEPTHWISE_IMPLS:
+            raise ValueError(f"depthwise_impl={depthwise_impl!r}; allowed: "
+                             f"{', '.join(ops.DEPTHWISE_IMPLS)}")
+        if arch is None:
+            cell_ops = (_SUPERNET_EDGE_OPS, _SUPERNET_EDGE_OPS)
+        else:
+            arch = space.validate(arch)
+            cell_ops = tuple(_standalone_edge_ops(arch, c) for c in range(len(CELLS)))
+        self.is_supernet = arch is None
+        self.space = space
+        c_stem = space.stem_multiplier * space.channels
+        self.stem = ops.Conv(space.input_shape[-1], c_stem, 3, rngs=rngs)
+        self.stem_bn = ops.BatchNorm(c_stem)
+        c_pp, c_p, c = c_stem, c_stem, space.channels
+        reduction_prev = False
+        cells = []
+        for i in range(space.num_cells):
+            reduction = i in space.reduction_cells
+            c = 2 * c if reduction else c
+            cells.append(DartsCell(c_pp, c_p, c, reduction=reduction,
+                                   reduction_prev=reduction_prev, edge_ops=cell_ops[reduction],
+                                   affine=affine, pool_bn=pool_bn,
+                                   depthwise_impl=depthwise_impl, rngs=rngs))
+            reduction_prev = reduction
+            c_pp, c_p = c_p, len(CONCAT) * c
+        self.cells = nnx.List(cells)
+        self.classifier = ops.Dense(c_p, space.num_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array, weights: jax.Array | None = None, *,
+                 edge_weights: jax.Array | None = None, train: bool = False) -> jax.Array:
+        """Logits ``float[B, classes]`` for images ``x`` ``float[B, H, W, C]``.
+
+        The supernet needs exactly one of ``weights`` (per decision, ``float[32, 8]``) or
+        ``edge_weights`` (per edge, ``float[2, 14, 8]``); a standalone network takes neither.
+        """
+        if not self.is_supernet:
+            if weights is not None or edge_weights is not None:
+                raise ValueError("a standalone DartsNetwork computes its own architecture; "
+                                 "call it without weights / edge_weights")
+            per_edge = None
+        elif (weights is None) == (edge_weights is None):
+            raise ValueError("the DARTS supernet needs exactly one of weights float[32, 8] "
+                             "(e.g. space.one_hot(arch)) or edge_weights float[2, 14, 8] "
+                             "(e.g. softmax(alpha))")
+        elif weights is not None:
+            per_edge = _decision_to_edge_weights(self.space, weights)
+        else:
+            if tuple(edge_weights.shape) != ALPHA_SHAPE:
+                raise ValueError(f"edge_weights have shape {tuple(edge_weights.shape)}; expected "
+                                 f"{ALPHA_SHAPE} (cell type, edge, op)")
+            per_edge = edge_weights
+        s0 = s1 = self.stem_bn(self.stem(x), train)
+        for i, cell in enumerate(self.cells):
+            w = None if per_edge is None else per_edge[int(i in self.space.reduction_cells)]
+            s0, s1 = s1, cell(s0, s1, w, train)
+        return self.classifier(jnp.mean(s1, axis=(1, 2)))
+
+
+def extract_standalone(supernet_state: nnx.State, standalone_state: nnx.State) -> nnx.State:
+    """Copy the supernet's weights (and BN statistics) into a standalone network's state: every
+    path of the standalone state is looked up in the supernet's (same flags needed). The
+    result holds new Variables, so updating it never writes into ``supernet_state``."""
+    flat_super = dict(nnx.to_flat_state(supernet_state))
+    flat = nnx.to_flat_state(standalone_state)
+    missing = [path for path, _ in flat if path not in flat_super]
+    if missing:
+        raise ValueError(f"the supernet state has no {'/'.join(map(str, missing[0]))}; build "
+                         "the supernet and the standalone network with the same space, affine "
+                         "and pool_bn")
+    return jax.tree.map(lambda a: a, nnx.from_flat_state([(p, flat_super[p]) for p, _ in flat]))

@@ -1,0 +1,446 @@
+"""DartsNetwork: edge weights, parameter counts, and the supernet with one-hot weights
+computes the standalone network (outputs and BN statistics); gradients; vmap."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from nas_jax import ops
+from nas_jax.evaluators import population
+from nas_jax.spaces.darts import (
+    DARTS_V2,
+    OP_POSITIONS,
+    PRIMITIVES,
+    DartsSpace,
+    Genotype,
+    decision_index,
+)
+from nas_jax.supernet.darts import (
+    ALPHA_SHAPE,
+    EDGES,
+    DartsNetwork,
+    edge_index,
+    edge_weights,
+    extract_standalone,
+)
+
+SPACE = DartsSpace(channels=4, num_cells=3, input_shape=(8, 8, 3), num_classes=5)
+V2 = SPACE.from_string(DARTS_V2)
+# Every op in both cells, strided and not; a `none`; node 3 of the normal cell reads input 4
+# through sep_conv_5x5 twice (one shared module, counted twice); reduce node 3 is all `none`.
+MIXED = SPACE.from_genotype(Genotype(
+    normal=[("sep_conv_3x3", 0), ("dil_conv_5x5", 1), ("skip_connect", 0), ("avg_pool_3x3", 2),
+            ("max_pool_3x3", 3), ("none", 1), ("sep_conv_5x5", 4), ("sep_conv_5x5", 4)],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[("skip_connect", 0), ("sep_conv_5x5", 1), ("dil_conv_3x3", 2), ("avg_pool_3x3", 1),
+            ("max_pool_3x3", 0), ("dil_conv_5x5", 3), ("none", 4), ("none", 1)],
+    reduce_concat=[2, 3, 4, 5]))
+RANDOM = np.asarray(SPACE.sample(jax.random.key(11)))
+ALL_NONE = np.zeros(32, np.int32)  # input 0, op `none` everywhere
+ARCHS = {"v2": V2, "mixed": MIXED, "random": RANDOM, "all_none": ALL_NONE}
+X = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+# Numerics, not speed, are tested here: skipping XLA's backend optimisations halves compiles.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+@functools.cache
+def abstract(arch=None, space=SPACE, affine=True, pool_bn=False, depthwise_impl="xla"):
+    """(graphdef, abstract state) of a network; ``arch`` a tuple or None.
+
+    Network-level tests use XLA's grouped convolution for the depthwise convs: it compiles
+    about 2x faster here than the CPU default (``slices``), whose numbers are pinned to it by
+    ``test_depthwise_slices_equal_xla_grouped_conv``.
+    """
+    model = nnx.eval_shape(lambda: DartsNetwork(space, arch, affine=affine, pool_bn=pool_bn,
+                                                depthwise_impl=depthwise_impl,
+                                                rngs=nnx.Rngs(0)))
+    return nnx.split(model)
+
+
+def random_state(arch=None, seed=0, **flags):
+    """Random weights, BN affine and running statistics, filled with numpy (no init compile)."""
+    graphdef, state = abstract(None if arch is None else tuple(int(a) for a in arch), **flags)
+    rng = np.random.default_rng(seed)
+
+    def fill(path, x):
+        name = next(k.key for k in reversed(path) if isinstance(k, jax.tree_util.DictKey))
+        noise = rng.normal(size=x.shape).astype(np.float32)
+        if len(x.shape) > 1:  # conv HWIO (depthwise: I=1) or dense: fan-in scaling
+            return jnp.asarray(noise * np.sqrt(2.0 / np.prod(x.shape[:-1])))
+        if name in ("scale", "var"):
+            return jnp.asarray(np.abs(1.0 + 0.3 * noise))
+        return jnp.asarray(0.3 * noise)
+
+    return graphdef, jax.tree_util.tree_map_with_path(fill, state)
+
+
+def param_count(state):
+    return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(state, nnx.Param)))
+
+
+def flat_paths(state):
+    return {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(state)}
+
+
+# ------------------------------------------------------------------- edge weights
+def test_edge_layout():
+    assert ALPHA_SHAPE == (2, 14, 8) and len(EDGES) == 14
+    assert [edge_index(n, s) for n, s in EDGES] == list(range(14))
+    assert (edge_index(0, 0), edge_index(0, 1), edge_index(1, 0), edge_index(2, 0),
+            edge_index(3, 0), edge_index(3, 4)) == (0, 1, 2, 5, 9, 13)
+    with pytest.raises(ValueError, match="node 1 takes inputs 0..2"):
+        edge_index(1, 3)
+    with pytest.raises(ValueError, match="node 4 out of range"):
+        edge_index(4, 0)
+
+
+def test_edge_weights_of_darts_v2_is_its_indicator():
+    sep3, skip, dil3, maxp = 4, 3, 6, 1
+    expected = np.zeros(ALPHA_SHAPE, np.float32)
+    for e, o in [(0, sep3), (1, sep3), (2, sep3), (3, sep3), (6, sep3), (5, skip), (9, skip),
+                 (11, dil3)]:
+        expected[0, e, o] = 1.0
+    for e, o in [(0, maxp), (1, maxp), (4, skip), (3, maxp), (5, maxp), (7, skip), (11, skip),
+                 (10, maxp)]:
+        expected[1, e, o] = 1.0
+    got = jax.jit(edge_weights, static_argnums=0)(SPACE, SPACE.one_hot(jnp.asarray(V2)))
+    np.testing.assert_array_equal(got, expected)
+    # A node whose two slots pick the same (input, op) weighs that op 2.
+    dup = edge_weights(SPACE, SPACE.one_hot(jnp.asarray(MIXED)))
+    assert dup[0, edge_index(3, 4), PRIMITIVES.index("sep_conv_5x5")] == 2.0
+    assert dup.sum() == 16.0  # one unit per slot (2 cells x 4 nodes x 2), `none` included
+
+
+def test_soft_edge_weights_put_mass_two_on_each_node():
+    logits = jax.random.normal(jax.random.key(2), (32, 8))
+    w = jax.nn.softmax(jnp.where(SPACE.choice_mask(), logits, -jnp.inf), axis=-1)
+    padded = jnp.where(SPACE.choice_mask(), w, 7.0)  # entries past a node's inputs are ignored
+    ew = jax.vmap(functools.partial(edge_weights, SPACE))(jnp.stack([w, padded]))
+    np.testing.assert_array_equal(ew[0], ew[1])
+    for node in range(4):
+        first = edge_index(node, 0)
+        np.testing.assert_allclose(ew[0, :, first : first + node + 2].sum(axis=(1, 2)), 2.0,
+                                   rtol=1e-6)
+    with pytest.raises(ValueError, match=r"expected \(32, 8\)"):
+        edge_weights(SPACE, jnp.zeros((32, 5)))
+
+
+# ------------------------------------------------------------------- DARTS ops
+DEPTHWISE_CASES = [(3, 2, 1), (5, 1, 2)]  # (kernel, stride, dilation)
+
+
+@functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+def depthwise_both_ways(x, kernels, cotangent_key):
+    """Per case and impl: the output and the gradients of a random projection of it."""
+    results = []
+    for (kernel, stride, dilation), k in zip(DEPTHWISE_CASES, kernels):
+        pad = dilation * (kernel - 1) // 2
+        per_impl = []
+        for impl in ("xla", "slices"):
+            def f(x, k, impl=impl, stride=stride, dilation=dilation, pad=pad):
+                return ops.depthwise_conv2d(x, k, stride=stride, dilation=dilation, pad=pad,
+                                            impl=impl)
+            out = f(x, k)
+            r = jax.random.normal(cotangent_key, out.shape)
+            grads = jax.grad(lambda x, k, f=f, r=r: jnp.sum(f(x, k) * r), argnums=(0, 1))(x, k)
+            per_impl.append((out, *grads))
+        results.append(per_impl)
+    return results
+
+
+def test_depthwise_slices_equal_xla_grouped_conv():
+    x = jax.random.normal(jax.random.key(0), (2, 7, 7, 3))  # odd size: strided -> ceil(7 / 2)
+    kernels = [jax.random.normal(jax.random.key(i), (k, k, 1, 3))
+               for i, (k, _, _) in enumerate(DEPTHWISE_CASES)]
+    for (_, stride, _), (ref, got) in zip(DEPTHWISE_CASES,
+                                          depthwise_both_ways(x, kernels, jax.random.key(9))):
+        size = 7 if stride == 1 else 4
+        assert got[0].shape == ref[0].shape == (2, size, size, 3)
+        for a, b in zip(got, ref):  # output, d/dx, d/dkernel
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="depthwise impl='fft'"):
+        ops.depthwise_conv2d(x, kernels[0], impl="fft")
+
+
+def test_max_pool_pads_with_minus_infinity():
+    x = -1.0 - jnp.arange(16.0).reshape(1, 4, 4, 1)  # all negative: zero padding would win
+    out = ops.max_pool_3x3(x)
+    np.testing.assert_array_equal(out[0, :, :, 0], [[-1, -1, -2, -3], [-1, -1, -2, -3],
+                                                    [-5, -5, -6, -7], [-9, -9, -10, -11]])
+    assert ops.max_pool_3x3(jnp.zeros((1, 7, 7, 2)), stride=2).shape == (1, 4, 4, 2)
+
+
+def test_factorized_reduce_halves_with_a_shifted_second_half():
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: ops.FactorizedReduce(3, 4,
+                                                                            rngs=nnx.Rngs(0))))
+    rng = np.random.default_rng(0)
+    state = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), jnp.float32), state)
+    state["bn"]["var"][...] = jnp.ones(4)  # eval-mode BN: (x - mean) / sqrt(1 + eps) * s + b
+
+    @jax.jit
+    def apply(x):
+        return nnx.merge(graphdef, state)(x, train=False)
+
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    bn = state["bn"]
+    out = (apply(x) - bn["bias"][...]) / bn["scale"][...] * np.sqrt(1 + ops.BN_EPS)
+    relu = np.asarray(jax.nn.relu(x))
+    halves = [relu[:, ::2, ::2] @ state["conv_a"]["kernel"][...][0, 0],
+              relu[:, 1::2, 1::2] @ state["conv_b"]["kernel"][...][0, 0]]
+    np.testing.assert_allclose(out, np.concatenate(halves, -1) - bn["mean"][...], rtol=1e-4,
+                               atol=1e-5)
+    assert apply(jnp.ones((2, 7, 7, 3))).shape == (2, 4, 4, 4)  # ceil(7 / 2)
+    with pytest.raises(ValueError, match="even c_out"):
+        ops.FactorizedReduce(3, 5, rngs=nnx.Rngs(0))
+
+
+# -------------------------------------------------------------- parameter counts
+@pytest.mark.parametrize("space", [SPACE, DartsSpace(channels=4, num_cells=5,
+                                                     input_shape=(8, 8, 3), num_classes=5)])
+@pytest.mark.parametrize("name", ["v2", "random", "all_none"])
+def test_standalone_parameter_count_is_num_params(space, name):
+    arch = tuple(int(a) for a in ARCHS[name])
+    assert param_count(abstract(arch, space)[1]) == space.num_params(arch)
+
+
+def test_shared_duplicate_op_and_supernet_counts():
+    # MIXED's normal node 3 holds its sep_conv_5x5 once; DARTS' model.py (num_params) twice.
+    # The normal cell is only cell 0 (C=4, no stride): sep_conv_5x5 = 2 * (4*25 + 16 + 8).
+    arch = tuple(int(a) for a in MIXED)
+    assert param_count(abstract(arch)[1]) == SPACE.num_params(arch) - 2 * (4 * 25 + 16 + 8)
+    # The supernet holds one copy of every op on every edge of every cell: the cost of each
+    # (edge, op) is num_params of that single op minus the op-free network.
+    base = SPACE.num_params(ALL_NONE)
+    total = base
+    for cell in range(2):
+        for node, src in EDGES:
+            for op in range(1, 8):
+                single = ALL_NONE.copy()
+                single[decision_index(cell, node, 0, 0)] = src
+                single[decision_index(cell, node, 0, 1)] = op
+                total += SPACE.num_params(single) - base
+    assert param_count(abstract()[1]) == total
+
+
+def test_search_form_drops_only_cell_bn_affine():
+    one_cell = DartsSpace(channels=4, num_cells=1, input_shape=(8, 8, 3), num_classes=5)
+    full = flat_paths(nnx.state(abstract(space=one_cell)[1], nnx.Param))
+    search = abstract(space=one_cell, affine=False, pool_bn=True)[1]
+    free = flat_paths(nnx.state(search, nnx.Param))
+    dropped = full - free
+    assert free < full and all(p.startswith("cells/") for p in dropped)
+    assert all(p.endswith(("/bn/scale", "/bn/bias")) for p in dropped)
+    stats = flat_paths(nnx.state(search, nnx.BatchStat))
+    assert "cells/0/e0_max_pool_3x3/mean" in stats and "cells/0/e0_avg_pool_3x3/var" in stats
+
+
+# ------------------------------------------------------ supernet == standalone
+# One reduction cell only (num_cells=1): a fraction of the compile time of SPACE's supernet.
+ONE_CELL = DartsSpace(channels=4, num_cells=1, input_shape=(8, 8, 3), num_classes=5)
+SEARCH_FORM = {"affine": False, "pool_bn": True}  # DARTS' search-time supernet
+
+
+def _forward(graphdef, state, w_edge, x, train):
+    model = nnx.merge(graphdef, state, copy=True)
+    return model(x, edge_weights=w_edge, train=train), nnx.state(model, nnx.BatchStat)
+
+
+def standalone(super_state, arch, x, train, space=SPACE, **flags):
+    """Logits and BN statistics of the standalone network with the supernet's weights."""
+    graphdef, state = random_state(arch, seed=1, space=space, **flags)
+    state = extract_standalone(super_state, state)
+    model = nnx.merge(graphdef, state)
+    return model(x, train=train), nnx.state(model, nnx.BatchStat), state
+
+
+def one_hot_edges(arch):
+    return edge_weights(SPACE, SPACE.one_hot(jnp.asarray(arch)))
+
+
+def assert_same_stats(stats, ref_stats):
+    flat = dict(nnx.to_flat_state(stats))
+    ref = list(nnx.to_flat_state(ref_stats))
+    assert ref
+    for path, value in ref:
+        np.testing.assert_allclose(flat[path][...], value[...], rtol=1e-5, atol=1e-6)
+
+
+def expected_modules(arch, cell):
+    """Parameterised op modules of cell type ``cell`` (0 normal, 1 reduce)."""
+    names = set()
+    for node in range(4):
+        for slot in range(2):
+            src = int(arch[decision_index(cell, node, slot, 0)])
+            op = PRIMITIVES[int(arch[decision_index(cell, node, slot, 1)])]
+            if "conv" in op or (op == "skip_connect" and cell == 1 and src < 2):
+                names.add(f"e{edge_index(node, src)}_{op}")
+    return names
+
+
+@pytest.fixture(scope="module")
+def vmapped_train_call():
+    """The 3-cell supernet in train mode, vmapped over per-decision weights: the one-hot
+    architectures, a soft mixture, and the same mixture with extra weight on `none`."""
+    graphdef, state = random_state()
+
+    def call(w):
+        model = nnx.merge(graphdef, state, copy=True)
+        return model(X, w, train=True), nnx.state(model, nnx.BatchStat)
+
+    soft = jax.nn.softmax(jnp.where(SPACE.choice_mask(),
+                                    jax.random.normal(jax.random.key(4), (32, 8)), -jnp.inf))
+    more_none = soft.at[np.asarray(OP_POSITIONS), 0].add(5.0)
+    w = jnp.stack([SPACE.one_hot(jnp.asarray(a)) for a in ARCHS.values()] + [soft, more_none])
+    logits, stats = jax.jit(jax.vmap(call), compiler_options=FAST_COMPILE)(w)
+    return state, logits, stats
+
+
+@pytest.mark.parametrize("index", range(len(ARCHS)))
+def test_one_hot_supernet_under_vmap_equals_standalone_in_train_mode(vmapped_train_call, index):
+    state, logits, stats = vmapped_train_call
+    assert logits.shape == (len(ARCHS) + 2, 4, 5)
+    arch = list(ARCHS.values())[index]
+    ref_logits, ref_stats, sa_state = standalone(state, arch, X, True)
+    np.testing.assert_allclose(logits[index], ref_logits, rtol=1e-5, atol=1e-5)
+    assert_same_stats(jax.tree.map(lambda a: a[index], stats), ref_stats)
+    before = dict(nnx.to_flat_state(state))  # extracting copied: the supernet's are untouched
+    assert any(not np.allclose(before[p][...], v[...]) for p, v in nnx.to_flat_state(ref_stats))
+    # The standalone holds exactly the chosen parameterised ops (cells 1, 2 are reduce cells).
+    paths = flat_paths(sa_state)
+    for i, cell in enumerate((0, 1, 1)):
+        ops_here = {p.split("/")[2] for p in paths if p.startswith(f"cells/{i}/e")}
+        assert ops_here == expected_modules(arch, cell)
+
+
+def test_none_contributes_nothing(vmapped_train_call):
+    state, logits, _ = vmapped_train_call
+    # `none` everywhere: every cell outputs zeros, so the logits are the classifier bias.
+    bias = np.broadcast_to(state["classifier"]["bias"][...], (4, 5))
+    np.testing.assert_allclose(logits[list(ARCHS).index("all_none")], bias, atol=1e-6)
+    # Weight moved onto `none` in a soft mixture changes nothing.
+    np.testing.assert_array_equal(logits[-2], logits[-1])
+    assert not np.allclose(logits[-2], bias, atol=1e-3)
+
+
+def test_one_hot_supernet_equals_standalone_in_eval_mode():
+    graphdef, state = random_state(space=ONE_CELL)
+
+    def call(w):
+        model = nnx.merge(graphdef, state, copy=True)
+        return model(X, w, train=False), nnx.state(model, nnx.BatchStat)
+
+    names = ["v2", "random", "all_none"]
+    w = jnp.stack([SPACE.one_hot(jnp.asarray(ARCHS[n])) for n in names])
+    logits, stats = jax.jit(jax.vmap(call), compiler_options=FAST_COMPILE)(w)
+    for i, name in enumerate(names):
+        ref_logits, ref_stats, _ = standalone(state, ARCHS[name], X, False, space=ONE_CELL)
+        np.testing.assert_allclose(logits[i], ref_logits, rtol=1e-5, atol=1e-5)
+        assert_same_stats(jax.tree.map(lambda a, i=i: a[i], stats), ref_stats)
+        assert_same_stats(nnx.state(state, nnx.BatchStat), ref_stats)  # eval: nothing moves
+
+
+@pytest.fixture(scope="module")
+def search_form_f64():
+    """The one-cell search-form supernet in float64 and its jitted train-mode forward."""
+    graphdef, state = random_state(space=ONE_CELL, **SEARCH_FORM)
+    with jax.enable_x64(True):
+        state = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), state)
+    forward = jax.jit(functools.partial(_forward, graphdef, train=True),
+                      compiler_options=FAST_COMPILE)
+    return graphdef, state, forward
+
+
+def test_search_form_supernet_equals_standalone(search_form_f64):
+    _, state, forward = search_form_f64
+    with jax.enable_x64(True):
+        x = jnp.asarray(X, jnp.float64)
+        logits, stats = forward(state, one_hot_edges(MIXED).astype(jnp.float64), x)
+        ref_logits, ref_stats, _ = standalone(state, MIXED, x, True, space=ONE_CELL,
+                                              **SEARCH_FORM)
+    assert logits.dtype == np.float64
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-10, atol=1e-10)
+    assert_same_stats(stats, ref_stats)
+    assert "cells/0/e1_max_pool_3x3/mean" in flat_paths(nnx.state(state, nnx.BatchStat))
+    with pytest.raises(ValueError, match="same space, affine and pool_bn"):
+        extract_standalone(random_state(space=ONE_CELL)[1],
+                           random_state(MIXED, space=ONE_CELL, **SEARCH_FORM)[1])
+
+
+def test_gradient_wrt_edge_weights_matches_finite_differences(search_form_f64):
+    graphdef, state, forward = search_form_f64
+    with jax.enable_x64(True):  # float64, so finite differences are accurate
+        x = jnp.asarray(X, jnp.float64)
+        r = jax.random.normal(jax.random.key(3), (4, 5), jnp.float64)
+
+        def loss(w, forward=forward):  # train mode: the DARTS setting, BN batch statistics
+            return jnp.sum(forward(state, w, x)[0] * r)
+
+        w = jax.nn.softmax(jax.random.normal(jax.random.key(5), ALPHA_SHAPE, jnp.float64), -1)
+        raw = functools.partial(_forward, graphdef, train=True)
+        grad_fn = jax.grad(functools.partial(loss, forward=raw))
+        grad = np.asarray(jax.jit(grad_fn, compiler_options=FAST_COMPILE)(w))
+        assert grad.dtype == np.float64
+        np.testing.assert_array_equal(grad[0], 0.0)  # no normal cell in a one-cell network
+        np.testing.assert_array_equal(grad[:, :, 0], 0.0)  # `none` is never computed
+        assert np.abs(grad[1, :, 1:]).min() > 0
+        eps = 1e-5
+        # Strided ops on cell inputs (sep, max pool, FactorizedReduce skip, avg pool, dil) and
+        # stride-1 ops on intermediate nodes (skip, dil, sep).
+        for e, o in [(0, 4), (1, 1), (3, 3), (9, 2), (10, 7), (4, 3), (13, 6), (7, 5)]:
+            d = jnp.zeros(ALPHA_SHAPE, jnp.float64).at[1, e, o].set(eps)
+            fd = (float(loss(w + d)) - float(loss(w - d))) / (2 * eps)
+            np.testing.assert_allclose(fd, grad[1, e, o], rtol=1e-5,
+                                       atol=1e-7 * np.abs(grad).max())
+        v = jax.random.normal(jax.random.key(6), ALPHA_SHAPE, jnp.float64)
+        v = v / jnp.linalg.norm(v)  # a unit step: a long one may cross a ReLU / max kink
+        fd_v = (float(loss(w + eps * v)) - float(loss(w - eps * v))) / (2 * eps)
+        np.testing.assert_allclose(fd_v, float(np.sum(grad * v)), rtol=1e-5)
+
+
+# ------------------------------------------------------------- errors, registry
+def test_call_errors():
+    sup = nnx.merge(*random_state())
+    assert sup.is_supernet
+    w = SPACE.one_hot(jnp.asarray(V2))
+    with pytest.raises(ValueError, match="exactly one of weights"):
+        sup(X)
+    with pytest.raises(ValueError, match="exactly one of weights"):
+        sup(X, w, edge_weights=one_hot_edges(V2))
+    with pytest.raises(ValueError, match=r"expected \(2, 14, 8\)"):
+        sup(X, edge_weights=jnp.zeros((14, 8)))
+    with pytest.raises(ValueError, match=r"expected \(32, 8\)"):
+        sup(X, w[:16])
+    sa = nnx.merge(*random_state(V2))
+    assert not sa.is_supernet
+    with pytest.raises(ValueError, match="without weights"):
+        sa(X, w)
+    with pytest.raises(ValueError, match="decision 1 has value 8"):
+        DartsNetwork(SPACE, np.r_[0, 8, np.zeros(30, int)], rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="needs a DartsSpace"):
+        DartsNetwork(object(), rngs=nnx.Rngs(0))
+
+
+def test_registered_for_population_training():
+    assert population.NETWORKS["darts"] == (DartsSpace, DartsNetwork)
+    assert population.has_network(SPACE)
+    arch = tuple(int(a) for a in V2)
+    params, stats, _ = jax.eval_shape(
+        functools.partial(population.init_candidate, SPACE, arch), jax.random.key(0))
+    assert sum(v.size for v in jax.tree.leaves(params)) == SPACE.num_params(arch)
+    assert population.network_graphdef(SPACE, arch) == abstract(arch, depthwise_impl="auto")[0]
+
+
+def test_depthwise_impl_reaches_every_depthwise_conv():
+    auto = "slices" if jax.default_backend() == "cpu" else "xla"
+    for impl, expected in (("auto", auto), ("xla", "xla"), ("slices", "slices")):
+        model = nnx.eval_shape(lambda impl=impl: DartsNetwork(
+            ONE_CELL, MIXED, depthwise_impl=impl, rngs=nnx.Rngs(0)))
+        found = [m.impl for _, m in nnx.iter_graph(model) if isinstance(m, ops.DepthwiseConv)]
+        assert len(found) == 4  # MIXED's reduce cell: a sep conv (2) and two dil convs (1)
+        assert set(found) == {expected}
+    with pytest.raises(ValueError, match="depthwise_impl='fft'"):
+        DartsNetwork(ONE_CELL, V2, depthwise_impl="fft", rngs=nnx.Rngs(0))
