@@ -25,7 +25,6 @@ import functools
 import importlib
 import json
 import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +32,7 @@ import numpy as np
 from absl import logging
 
 from nas_jax.spaces.base import SearchSpace
+from nas_jax.utils.metrics import atomic_write
 
 FORMAT, VERSION = "nas_jax.table", 1
 PER_SEED = ("valid_accuracy", "test_accuracy", "valid_loss", "train_loss", "train_seconds")
@@ -159,21 +159,9 @@ class Table:
 
     def save(self, path: str | os.PathLike) -> str:
         """Write the table as one ``.npz`` (atomically: temp file + rename); returns the path."""
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
         arrays = {name: getattr(self, name) for name in ("archs",) + PER_SEED + PER_ROW}
         arrays["metadata"] = np.array(json.dumps(self.metadata, sort_keys=True))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".table.", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-        return path
+        return atomic_write(path, lambda f: np.savez_compressed(f, **arrays), binary=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Table:

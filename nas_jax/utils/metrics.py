@@ -83,13 +83,19 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    """Writes `text` to `path` through a temp file in the same directory and `os.replace`."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None],
+                 binary: bool = False) -> str:
+    """Write ``path`` atomically: ``write(f)`` fills a temp file in the same directory (parents
+    created), which then replaces ``path``; a crash leaves the old file or none. Returns it."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
+                               suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else
+                                                         {"encoding": "utf-8"})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -97,6 +103,12 @@ def _atomic_write_text(path: str, text: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    return path
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    """Writes `text` to `path` through a temp file in the same directory and `os.replace`."""
+    atomic_write(path, lambda f: f.write(text))
 
 
 def _drop_torn_tail(path: str) -> None:

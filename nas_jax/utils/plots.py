@@ -8,13 +8,14 @@ registry. Files are written atomically (temp file + `os.replace`).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from nas_jax.utils.metrics import atomic_write
 
 _DPI = 100
 
@@ -27,19 +28,7 @@ def _new_figure(width: float, height: float) -> Figure:
 
 def _save(fig: Figure, path: str | os.PathLike) -> str:
     """Writes `fig` as a PNG at `path` (parent directories created) and returns the path."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".plot.", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format="png"), binary=True)
 
 
 def _vector(name: str, values, size: int | None = None) -> np.ndarray:
