@@ -40,8 +40,11 @@ class BatchNorm(nnx.Module):
             mean = moments[:c]
             var = jnp.maximum(moments[c:] - mean * mean, 0.0)
             m = BN_MOMENTUM
-            self.mean[...] = m * self.mean[...] + (1 - m) * jax.lax.stop_gradient(mean)
-            self.var[...] = m * self.var[...] + (1 - m) * jax.lax.stop_gradient(var)
+            # ``set_value`` rather than ``var[...] = ``: the item assignment reads the tracer's
+            # sharding, which in JAX 0.10 walks the whole jaxpr so far (quadratic tracing;
+            # a 3-cell DARTS supernet traced in 43 s vs 3.4 s).
+            self.mean.set_value(m * self.mean[...] + (1 - m) * jax.lax.stop_gradient(mean))
+            self.var.set_value(m * self.var[...] + (1 - m) * jax.lax.stop_gradient(var))
         else:
             mean, var = self.mean[...], self.var[...]
         inv = jax.lax.rsqrt(var + BN_EPS)

@@ -39,10 +39,11 @@ MIXED = SPACE.from_genotype(Genotype(
     reduce=[("skip_connect", 0), ("sep_conv_5x5", 1), ("dil_conv_3x3", 2), ("avg_pool_3x3", 1),
             ("max_pool_3x3", 0), ("dil_conv_5x5", 3), ("none", 4), ("none", 1)],
     reduce_concat=[2, 3, 4, 5]))
-RANDOM = np.asarray(SPACE.sample(jax.random.key(11)))
+RNG = np.random.default_rng(11)  # numpy inputs: each eager JAX op would compile a program
+RANDOM = RNG.integers(0, SPACE.num_choices).astype(np.int32)
 ALL_NONE = np.zeros(32, np.int32)  # input 0, op `none` everywhere
 ARCHS = {"v2": V2, "mixed": MIXED, "random": RANDOM, "all_none": ALL_NONE}
-X = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+X = RNG.normal(size=(4, 8, 8, 3)).astype(np.float32)
 # Numerics, not speed, are tested here: skipping XLA's backend optimisations halves compiles.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
@@ -76,6 +77,13 @@ def random_state(arch=None, seed=0, **flags):
         return jnp.asarray(0.3 * noise)
 
     return graphdef, jax.tree_util.tree_map_with_path(fill, state)
+
+
+def soft_decision_weights(rng):
+    """``float32[32, 8]``: a softmax over each decision's valid choices."""
+    logits = np.where(np.asarray(SPACE.choice_mask()), rng.normal(size=(32, 8)), -np.inf)
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    return (w / w.sum(-1, keepdims=True)).astype(np.float32)
 
 
 def param_count(state):
@@ -116,10 +124,9 @@ def test_edge_weights_of_darts_v2_is_its_indicator():
 
 
 def test_soft_edge_weights_put_mass_two_on_each_node():
-    logits = jax.random.normal(jax.random.key(2), (32, 8))
-    w = jax.nn.softmax(jnp.where(SPACE.choice_mask(), logits, -jnp.inf), axis=-1)
-    padded = jnp.where(SPACE.choice_mask(), w, 7.0)  # entries past a node's inputs are ignored
-    ew = jax.vmap(functools.partial(edge_weights, SPACE))(jnp.stack([w, padded]))
+    w = soft_decision_weights(np.random.default_rng(2))
+    padded = np.where(np.asarray(SPACE.choice_mask()), w, 7.0)  # past a node's inputs: unused
+    ew = jax.jit(jax.vmap(functools.partial(edge_weights, SPACE)))(np.stack([w, padded]))
     np.testing.assert_array_equal(ew[0], ew[1])
     for node in range(4):
         first = edge_index(node, 0)
@@ -145,7 +152,7 @@ def depthwise_both_ways(x, kernels, cotangent_key):
                 return ops.depthwise_conv2d(x, k, stride=stride, dilation=dilation, pad=pad,
                                             impl=impl)
             out = f(x, k)
-            r = jax.random.normal(cotangent_key, out.shape)
+            r = jax.random.normal(cotangent_key, out.shape)  # traced: compiled in
             grads = jax.grad(lambda x, k, f=f, r=r: jnp.sum(f(x, k) * r), argnums=(0, 1))(x, k)
             per_impl.append((out, *grads))
         results.append(per_impl)
@@ -153,9 +160,9 @@ def depthwise_both_ways(x, kernels, cotangent_key):
 
 
 def test_depthwise_slices_equal_xla_grouped_conv():
-    x = jax.random.normal(jax.random.key(0), (2, 7, 7, 3))  # odd size: strided -> ceil(7 / 2)
-    kernels = [jax.random.normal(jax.random.key(i), (k, k, 1, 3))
-               for i, (k, _, _) in enumerate(DEPTHWISE_CASES)]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 7, 7, 3)).astype(np.float32)  # odd size: strided -> ceil(7 / 2)
+    kernels = [rng.normal(size=(k, k, 1, 3)).astype(np.float32) for k, _, _ in DEPTHWISE_CASES]
     for (_, stride, _), (ref, got) in zip(DEPTHWISE_CASES,
                                           depthwise_both_ways(x, kernels, jax.random.key(9))):
         size = 7 if stride == 1 else 4
@@ -179,21 +186,22 @@ def test_factorized_reduce_halves_with_a_shifted_second_half():
                                                                             rngs=nnx.Rngs(0))))
     rng = np.random.default_rng(0)
     state = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), jnp.float32), state)
-    state["bn"]["var"][...] = jnp.ones(4)  # eval-mode BN: (x - mean) / sqrt(1 + eps) * s + b
+    # Eval-mode BN with var 1: (x - mean) / sqrt(1 + eps) * scale + bias.
+    state["bn"]["var"][...] = jnp.asarray(np.ones(4, np.float32))
 
     @jax.jit
     def apply(x):
         return nnx.merge(graphdef, state)(x, train=False)
 
-    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
-    bn = state["bn"]
-    out = (apply(x) - bn["bias"][...]) / bn["scale"][...] * np.sqrt(1 + ops.BN_EPS)
-    relu = np.asarray(jax.nn.relu(x))
-    halves = [relu[:, ::2, ::2] @ state["conv_a"]["kernel"][...][0, 0],
-              relu[:, 1::2, 1::2] @ state["conv_b"]["kernel"][...][0, 0]]
-    np.testing.assert_allclose(out, np.concatenate(halves, -1) - bn["mean"][...], rtol=1e-4,
+    x = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
+    bn = {k: np.asarray(v[...]) for k, v in state["bn"].items()}
+    out = (np.asarray(apply(x)) - bn["bias"]) / bn["scale"] * np.sqrt(1 + ops.BN_EPS)
+    relu = np.maximum(x, 0.0)
+    halves = [relu[:, ::2, ::2] @ np.asarray(state["conv_a"]["kernel"][...])[0, 0],
+              relu[:, 1::2, 1::2] @ np.asarray(state["conv_b"]["kernel"][...])[0, 0]]
+    np.testing.assert_allclose(out, np.concatenate(halves, -1) - bn["mean"], rtol=1e-4,
                                atol=1e-5)
-    assert apply(jnp.ones((2, 7, 7, 3))).shape == (2, 4, 4, 4)  # ceil(7 / 2)
+    assert apply(np.ones((2, 7, 7, 3), np.float32)).shape == (2, 4, 4, 4)  # ceil(7 / 2)
     with pytest.raises(ValueError, match="even c_out"):
         ops.FactorizedReduce(3, 5, rngs=nnx.Rngs(0))
 
@@ -253,8 +261,13 @@ def standalone(super_state, arch, x, train, space=SPACE, **flags):
     """Logits and BN statistics of the standalone network with the supernet's weights."""
     graphdef, state = random_state(arch, seed=1, space=space, **flags)
     state = extract_standalone(super_state, state)
-    model = nnx.merge(graphdef, state)
-    return model(x, train=train), nnx.state(model, nnx.BatchStat), state
+
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def run(state, x):
+        model = nnx.merge(graphdef, state, copy=True)
+        return model(x, train=train), nnx.state(model, nnx.BatchStat)
+
+    return *run(state, x), state
 
 
 def one_hot_edges(arch):
@@ -291,9 +304,9 @@ def vmapped_train_call():
         model = nnx.merge(graphdef, state, copy=True)
         return model(X, w, train=True), nnx.state(model, nnx.BatchStat)
 
-    soft = jax.nn.softmax(jnp.where(SPACE.choice_mask(),
-                                    jax.random.normal(jax.random.key(4), (32, 8)), -jnp.inf))
-    more_none = soft.at[np.asarray(OP_POSITIONS), 0].add(5.0)
+    soft = soft_decision_weights(np.random.default_rng(4))
+    more_none = soft.copy()
+    more_none[np.asarray(OP_POSITIONS), 0] += 5.0
     w = jnp.stack([SPACE.one_hot(jnp.asarray(a)) for a in ARCHS.values()] + [soft, more_none])
     logits, stats = jax.jit(jax.vmap(call), compiler_options=FAST_COMPILE)(w)
     return state, logits, stats
@@ -356,11 +369,17 @@ def search_form_f64():
 
 def test_search_form_supernet_equals_standalone(search_form_f64):
     _, state, forward = search_form_f64
+    sa_graphdef, sa_state = random_state(MIXED, seed=1, space=ONE_CELL, **SEARCH_FORM)
+
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def run_standalone(sa_state, x):  # jitted: eager float64 ops would each compile
+        model = nnx.merge(sa_graphdef, sa_state, copy=True)
+        return model(x, train=True), nnx.state(model, nnx.BatchStat)
+
     with jax.enable_x64(True):
-        x = jnp.asarray(X, jnp.float64)
-        logits, stats = forward(state, one_hot_edges(MIXED).astype(jnp.float64), x)
-        ref_logits, ref_stats, _ = standalone(state, MIXED, x, True, space=ONE_CELL,
-                                              **SEARCH_FORM)
+        x = np.asarray(X, np.float64)
+        logits, stats = forward(state, np.asarray(one_hot_edges(MIXED), np.float64), x)
+        ref_logits, ref_stats = run_standalone(extract_standalone(state, sa_state), x)
     assert logits.dtype == np.float64
     np.testing.assert_allclose(logits, ref_logits, rtol=1e-10, atol=1e-10)
     assert_same_stats(stats, ref_stats)
@@ -372,17 +391,20 @@ def test_search_form_supernet_equals_standalone(search_form_f64):
 
 def test_gradient_wrt_edge_weights_matches_finite_differences(search_form_f64):
     graphdef, state, forward = search_form_f64
+    rng = np.random.default_rng(3)  # numpy inputs: no eager float64 programs to compile
+    r = rng.normal(size=(4, 5))
+    alpha = rng.normal(size=ALPHA_SHAPE)
+    w = np.exp(alpha) / np.exp(alpha).sum(-1, keepdims=True)  # softmax(alpha), as in DARTS
     with jax.enable_x64(True):  # float64, so finite differences are accurate
         x = jnp.asarray(X, jnp.float64)
-        r = jax.random.normal(jax.random.key(3), (4, 5), jnp.float64)
 
-        def loss(w, forward=forward):  # train mode: the DARTS setting, BN batch statistics
-            return jnp.sum(forward(state, w, x)[0] * r)
+        def loss(w):  # train mode: the DARTS setting, BN batch statistics
+            return float(np.sum(np.asarray(forward(state, w, x)[0]) * r))
 
-        w = jax.nn.softmax(jax.random.normal(jax.random.key(5), ALPHA_SHAPE, jnp.float64), -1)
-        raw = functools.partial(_forward, graphdef, train=True)
-        grad_fn = jax.grad(functools.partial(loss, forward=raw))
-        grad = np.asarray(jax.jit(grad_fn, compiler_options=FAST_COMPILE)(w))
+        def traced_loss(w):
+            return jnp.sum(_forward(graphdef, state, w, x, True)[0] * r)
+
+        grad = np.asarray(jax.jit(jax.grad(traced_loss), compiler_options=FAST_COMPILE)(w))
         assert grad.dtype == np.float64
         np.testing.assert_array_equal(grad[0], 0.0)  # no normal cell in a one-cell network
         np.testing.assert_array_equal(grad[:, :, 0], 0.0)  # `none` is never computed
@@ -391,14 +413,15 @@ def test_gradient_wrt_edge_weights_matches_finite_differences(search_form_f64):
         # Strided ops on cell inputs (sep, max pool, FactorizedReduce skip, avg pool, dil) and
         # stride-1 ops on intermediate nodes (skip, dil, sep).
         for e, o in [(0, 4), (1, 1), (3, 3), (9, 2), (10, 7), (4, 3), (13, 6), (7, 5)]:
-            d = jnp.zeros(ALPHA_SHAPE, jnp.float64).at[1, e, o].set(eps)
-            fd = (float(loss(w + d)) - float(loss(w - d))) / (2 * eps)
+            d = np.zeros(ALPHA_SHAPE)
+            d[1, e, o] = eps
+            fd = (loss(w + d) - loss(w - d)) / (2 * eps)
             np.testing.assert_allclose(fd, grad[1, e, o], rtol=1e-5,
                                        atol=1e-7 * np.abs(grad).max())
-        v = jax.random.normal(jax.random.key(6), ALPHA_SHAPE, jnp.float64)
-        v = v / jnp.linalg.norm(v)  # a unit step: a long one may cross a ReLU / max kink
-        fd_v = (float(loss(w + eps * v)) - float(loss(w - eps * v))) / (2 * eps)
-        np.testing.assert_allclose(fd_v, float(np.sum(grad * v)), rtol=1e-5)
+        v = rng.normal(size=ALPHA_SHAPE)
+        v /= np.linalg.norm(v)  # a unit step: a long one may cross a ReLU / max kink
+        fd_v = (loss(w + eps * v) - loss(w - eps * v)) / (2 * eps)
+        np.testing.assert_allclose(fd_v, np.sum(grad * v), rtol=1e-5)
 
 
 # ------------------------------------------------------------- errors, registry
