@@ -290,3 +290,15 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     array = np.asarray(array)
     array.flags.writeable = False
     return array
+
+
+def quadrant_images(key: jax.Array, n: int, classes: int = 4):
+    """A tiny generated image task: ``n`` noisy 8x8x1 images whose label (balanced over up
+    to 4 ``classes``) is which quadrant is bright. For tests and smoke runs."""
+    k_perm, k_noise = jax.random.split(key)
+    y = jax.random.permutation(k_perm, jnp.arange(n) % classes)
+    masks = np.zeros((classes, 8, 8, 1), np.float32)
+    for c in range(classes):
+        r, col = divmod(c, 2)
+        masks[c, 4 * r : 4 * r + 4, 4 * col : 4 * col + 4] = 1.0
+    return 0.3 * jax.random.normal(k_noise, (n, 8, 8, 1)) + jnp.asarray(masks)[y], y

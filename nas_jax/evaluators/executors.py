@@ -55,12 +55,12 @@ class LoopExecutor:
         from nas_jax.evaluators.population import init_candidate, network_graphdef
 
         self.space, self.recipe, self.options = space, recipe, options
-        self._init = jax.jit(functools.partial(init_candidate, space, None, **options))
-        self._trainer = HostLoopTrainer(network_graphdef(space, None, **options), recipe)
+        self.init = jax.jit(functools.partial(init_candidate, space, None, **options))
+        self.trainer = HostLoopTrainer(network_graphdef(space, None, **options), recipe)
 
     def __call__(self, keys, archs, weights, train_xy, valid_xy) -> dict:
         del archs
-        return stack_rows([self._trainer(*self._init(keys[i]), weights[i], train_xy, valid_xy)
+        return stack_rows([self.trainer(*self.init(keys[i]), weights[i], train_xy, valid_xy)
                            for i in range(len(keys))])
 
 

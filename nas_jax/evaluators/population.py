@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from nas_jax.evaluators.executors import CompiledExecutor
+from nas_jax.evaluators.executors import CompiledExecutor, LoopExecutor
 from nas_jax.spaces.darts import DartsSpace
 from nas_jax.spaces.macro import MacroCNNSpace, MLPSpace
 from nas_jax.spaces.nb201 import NB201Space
@@ -136,10 +136,8 @@ class PopulationEvaluator:
         return train_and_score(apply, params, stats, k_data, train, valid, self.recipe)
 
     @functools.cached_property
-    def _host_loop(self):
-        options = EXECUTION_OPTIONS.get(self.execution, {})
-        init = jax.jit(functools.partial(init_candidate, self.space, None, **options))
-        return init, HostLoopTrainer(network_graphdef(self.space, **options), self.recipe)
+    def _host_loop(self) -> LoopExecutor:
+        return LoopExecutor(self.space, self.recipe, **EXECUTION_OPTIONS.get(self.execution, {}))
 
     @functools.cached_property
     def _compiled(self):
@@ -170,7 +168,7 @@ class PopulationEvaluator:
         return jax.tree.map(lambda x: jnp.asarray(x[:n]), out)
 
     def _loop_on_mesh(self, keys, weights) -> dict[str, jax.Array]:
-        init, trainer = self._host_loop
+        init, trainer = self._host_loop.init, self._host_loop.trainer
         devices = sharding.local_devices(self.mesh)
         share = sharding.process_share(keys.shape[0])
         rows = []
@@ -197,10 +195,7 @@ class PopulationEvaluator:
         elif self.execution == "compiled":
             out = self._compiled(keys, np.asarray(archs), None, self.train, self.valid)
         else:
-            init, trainer = self._host_loop
-            rows = [trainer(*init(keys[i]), weights[i], self.train, self.valid)
-                    for i in range(archs.shape[0])]
-            out = jax.tree.map(lambda *xs: jnp.stack(xs), *rows)
+            out = self._host_loop(keys, archs, weights, self.train, self.valid)
         finite = np.asarray(out["finite"])
         if not finite.all():
             logging.warning("%d of %d candidates diverged (non-finite loss); they get the "

@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from nas_jax import ops, registry
+from nas_jax.data.datasets import quadrant_images
 from nas_jax.evaluators import population
 from nas_jax.evaluators.population import PopulationEvaluator, resolve_execution, train_standalone
 from nas_jax.spaces.nb201 import NB201Space
@@ -27,14 +28,7 @@ KEY = jax.random.key(3)
 
 
 def quadrants(key, n):
-    """8x8x1 noisy images; the label is which quadrant is bright (balanced classes)."""
-    k_perm, k_noise = jax.random.split(key)
-    y = jax.random.permutation(k_perm, jnp.arange(n) % CLASSES)
-    masks = np.zeros((CLASSES, 8, 8, 1), np.float32)
-    for c in range(CLASSES):
-        r, col = divmod(c, 2)
-        masks[c, 4 * r : 4 * r + 4, 4 * col : 4 * col + 4] = 1.0
-    return 0.3 * jax.random.normal(k_noise, (n, 8, 8, 1)) + jnp.asarray(masks)[y], y
+    return quadrant_images(key, n, CLASSES)
 
 
 TRAIN = quadrants(jax.random.key(0), 192)
