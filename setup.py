@@ -26,5 +26,5 @@ setup(
         "tensorboardX>=2.6",
         "numpy>=1.26",
     ],
-    extras_require={"test": ["pytest>=8", "ruff>=0.6"]},
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"]},
 )

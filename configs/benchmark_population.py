@@ -5,10 +5,9 @@ large: NB201 C=16, N=5, 32x32x3, batch 64, 16 random cells x 10 steps.
 
     python experiments/benchmark.py --config=configs/benchmark_population.py
 
-Strategies that cannot finish the large workload in minutes on a 2-core CPU are left out
-of its list (the vmapped mixture computes every op of every edge as grouped convolutions
-there); on an accelerator add it back, e.g.
-``--config.workloads.large.executions=vmap,loop,switch,compiled``.
+The vmapped mixture (``vmap``) is listed on accelerators only: on XLA:CPU it computes every
+op of every edge as grouped convolutions and did not finish the small workload in 10 minutes
+on 2 idle cores. Force a list with e.g. ``--config.workloads.small.executions=vmap,loop``.
 """
 
 from nas_jax.benchmark import benchmark_config

@@ -60,17 +60,17 @@ class LoopExecutor:
 
     def __call__(self, keys, archs, weights, train_xy, valid_xy) -> dict:
         del archs
-        return stack_rows([self.trainer(*self.init(keys[i]), weights[i], train_xy, valid_xy)
-                           for i in range(len(keys))])
+        return stack_rows([self.trainer(*self.init(keys[i], weights[i]), weights[i], train_xy,
+                                        valid_xy) for i in range(len(keys))])
 
 
 class CompiledExecutor:
     """One standalone program per canonical architecture, cached (least recently used out).
 
     Candidate ``i`` is trained as its canonical representative ``c``, starting from the
-    weights ``c``'s operations get in the supernet initialised from ``keys[i]`` (one compiled
-    init serves every architecture), so an architecture's result equals the supernet loop's
-    result for ``c`` up to float rounding.
+    weights ``c``'s operations get in the supernet initialised from ``keys[i]`` for ``c``
+    (one compiled init serves every architecture), so an architecture's result equals the
+    supernet loop's result for ``c`` up to float rounding.
 
     Args:
       space: the search space (``canonical_key`` groups isomorphic architectures).
@@ -106,11 +106,13 @@ class CompiledExecutor:
         return entry
 
     def __call__(self, keys, archs, weights, train_xy, valid_xy) -> dict:
-        del weights
+        del weights  # recomputed for the canonical representatives
         rows = []
         for i, arch in enumerate(np.asarray(archs)):
-            trainer, params_t, stats_t = self.program(self.space.canonical_key(arch))
-            params, stats, k_data = self._init(keys[i])
+            canonical = self.space.canonical_key(arch)
+            trainer, params_t, stats_t = self.program(canonical)
+            one_hot = self.space.one_hot(jnp.asarray(canonical, jnp.int32))
+            params, stats, k_data = self._init(keys[i], one_hot)
             rows.append(trainer(extract_subtree(params, params_t),
                                 extract_subtree(stats, stats_t), k_data, None, train_xy,
                                 valid_xy))

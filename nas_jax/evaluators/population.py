@@ -31,7 +31,7 @@ from nas_jax.spaces.darts import DartsSpace
 from nas_jax.spaces.macro import MacroCNNSpace, MLPSpace
 from nas_jax.spaces.nb201 import NB201Space
 from nas_jax.supernet.darts import DartsNetwork
-from nas_jax.supernet.macro import MacroCNNNetwork, MLPNetwork
+from nas_jax.supernet.macro import MacroCNNNetwork, MLPNetwork, match_standalone_init
 from nas_jax.supernet.nb201 import NB201Network
 from nas_jax.train.steps import HostLoopTrainer, Recipe, make_apply, train_and_score
 from nas_jax.utils import sharding
@@ -82,12 +82,21 @@ def build_network(space, arch=None, *, rngs: nnx.Rngs, **options) -> nnx.Module:
                      f"networks exist for: {', '.join(NETWORKS)}")
 
 
-def init_candidate(space, arch, key: jax.Array, **options):
+def init_candidate(space, arch, key: jax.Array, weights: jax.Array | None = None, **options):
     """Fresh weights of a supernet (``arch=None``) or standalone network, and the key for
-    its batches: ``(params, stats, data_key)``. Jittable with ``space`` and ``arch`` bound."""
+    its batches: ``(params, stats, data_key)``. Jittable with ``space`` and ``arch`` bound.
+
+    ``weights`` (one candidate's one-hot supernet input) marks a supernet init that will
+    train that candidate from scratch: for the macro spaces, whose supernet holds the largest
+    shape of every layer, each kernel is then rescaled to the init scale of the candidate's
+    own fan-in (``supernet.macro.match_standalone_init``), as its standalone network would
+    start. Cell spaces (NB201, DARTS) need no rescaling: their shapes do not change.
+    """
     k_init, k_data = jax.random.split(key)
     model = build_network(space, arch, rngs=nnx.Rngs(k_init), **options)
     _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    if arch is None and weights is not None and isinstance(space, MacroCNNSpace | MLPSpace):
+        params = match_standalone_init(space, params, weights)
     return params, stats, k_data
 
 
@@ -129,7 +138,7 @@ class PopulationEvaluator:
                              "has no switch mode; use loop, compiled or vmap")
 
     def _train_one(self, key: jax.Array, weights: jax.Array, train, valid) -> dict[str, jax.Array]:
-        params, stats, k_data = init_candidate(self.space, None, key)
+        params, stats, k_data = init_candidate(self.space, None, key, weights)
         apply = make_apply(network_graphdef(self.space), weights)
         if self.mesh is not None:
             apply = sharding.constrain_batch(apply)
@@ -175,7 +184,7 @@ class PopulationEvaluator:
         for j, i in enumerate(share or [0]):  # an empty share computes one row to drop
             device = devices[j % len(devices)]
             key, w = jax.device_put((keys[i], weights[i]), device)
-            rows.append(trainer(*init(key), w, *self._mesh_data[device]))
+            rows.append(trainer(*init(key, w), w, *self._mesh_data[device]))
         local = jax.tree.map(lambda *xs: np.stack(xs)[: len(share)], *jax.device_get(rows))
         return jax.tree.map(jnp.asarray, sharding.allgather_shares(local, keys.shape[0]))
 

@@ -107,8 +107,8 @@ class CandidateTrainer:
         graphdef = network_graphdef(space)
         tx = recipe.make_optimizer()
 
-        def init(key):
-            return init_candidate(space, None, key)
+        def init(key, weights):
+            return init_candidate(space, None, key, weights)
 
         def step(params, stats, opt_state, key, i, weights, train_xy):
             return train_step(make_apply(graphdef, weights), tx, recipe, params, stats,
@@ -121,7 +121,7 @@ class CandidateTrainer:
             return {**out, "test_accuracy": test["valid_accuracy"]}
 
         def one(key, weights, train_xy, valid_xy, test_xy):
-            params, stats, k_data = init(key)
+            params, stats, k_data = init(key, weights)
 
             def body(carry, i):
                 p, s, o, loss = step(*carry, k_data, i, weights, train_xy)
@@ -137,7 +137,7 @@ class CandidateTrainer:
         self._batched = jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, None)))
 
     def _one_in_loop(self, key, weights, train_xy, valid_xy, test_xy, steps: int):
-        params, stats, k_data = self._init(key)
+        params, stats, k_data = self._init(key, weights)
         opt_state = self._init_opt(params)
         losses = []
         for i in range(steps):

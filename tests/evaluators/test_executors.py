@@ -5,9 +5,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from nas_jax.evaluators.executors import CompiledExecutor, LoopExecutor
+from nas_jax.evaluators.population import init_candidate
+from nas_jax.spaces.macro import MLPSpace
 from nas_jax.spaces.nb201 import NB201Space
+from nas_jax.supernet.macro import match_standalone_init
 from nas_jax.train.steps import Recipe
 
 SPACE = NB201Space(channels=2, cells_per_stage=1, input_shape=(8, 8, 1), num_classes=3)
@@ -58,3 +62,31 @@ def test_compiled_executor_equals_mixture_and_caches_by_canonical(mixture_result
     again = ex(KEYS[1:], iso, None, (X, Y), (X, Y))
     assert ex.compiles == 2
     np.testing.assert_allclose(again["valid_loss"], out["valid_loss"][1:], rtol=1e-6)
+
+
+MLP = MLPSpace(max_layers=2, units=(4, 16), activations=("relu", "tanh"), input_shape=(6,),
+               num_classes=3)
+MLP_ARCHS = np.array([[1, 0, 0, 1, 1], [0, 1, 1, 0, 0]], np.int32)  # canonical
+
+
+def test_macro_candidates_start_at_their_standalone_init_scale():
+    w = MLP.one_hot(jnp.asarray(MLP_ARCHS[0]))
+    plain = init_candidate(MLP, None, KEYS[0])[0]
+    fitted = init_candidate(MLP, None, KEYS[0], w)[0]
+    want = match_standalone_init(MLP, plain, w)
+    for a, b in zip(jax.tree.leaves(fitted), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(a, b)
+    # Layer 1 reads 4 of the 16 inputs the supernet holds: its kernel is scaled up by 2.
+    k_plain = dict(nnx.to_flat_state(plain))[("layers", 1, "kernel")][...]
+    k_fit = dict(nnx.to_flat_state(fitted))[("layers", 1, "kernel")][...]
+    np.testing.assert_allclose(k_fit, 2.0 * k_plain, rtol=1e-6)
+
+
+def test_macro_compiled_executor_equals_loop():
+    x = jax.random.normal(jax.random.key(1), (64, 6))
+    y = jnp.arange(64) % 3
+    weights = jax.vmap(MLP.one_hot)(jnp.asarray(MLP_ARCHS))
+    loop = LoopExecutor(MLP, RECIPE)(KEYS, MLP_ARCHS, weights, (x, y), (x, y))
+    compiled = CompiledExecutor(MLP, RECIPE)(KEYS, MLP_ARCHS, None, (x, y), (x, y))
+    for name in ("valid_accuracy", "valid_loss", "train_loss"):
+        np.testing.assert_allclose(compiled[name], loop[name], rtol=2e-4, atol=2e-5)
