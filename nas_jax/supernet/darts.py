@@ -19,7 +19,11 @@ alone scale each op) and an affine-free BN after each pooling op; the stem stays
 the standalone with the same flags for exact equality. (An affine BN at its init, scale 1 and
 shift 0, computes the same as an affine-free one.)
 
-Not implemented: DARTS' auxiliary head and drop-path (training-time regularisers).
+Training-time regularisers of DARTS' evaluation network (standalone only): drop-path
+(``drop_path_prob`` and an explicit ``key`` at call time; each non-identity op's output in a
+cell is zeroed per example with that probability and rescaled by ``1 / keep``) and the
+auxiliary head (``auxiliary=True``: ``AuxiliaryHeadCIFAR`` after the cell at 2/3 depth; a
+training call returns ``(logits, aux_logits)``).
 """
 
 from __future__ import annotations
@@ -145,9 +149,11 @@ class DartsCell(nnx.Module):
         return block(h, train)
 
     def __call__(self, s0: jax.Array, s1: jax.Array, weights: jax.Array | None,
-                 train: bool) -> jax.Array:
+                 train: bool, drop_key: jax.Array | None = None,
+                 drop_prob: float | jax.Array = 0.0) -> jax.Array:
         """``weights``: ``float[14, 8]`` op weights per edge (supernet), or None (standalone:
-        each chosen op counted with its multiplicity)."""
+        each chosen op counted with its multiplicity). With ``drop_key``, every non-identity
+        op's output goes through ``drop_path`` (a copy of a doubled op gets its own mask)."""
         states = [self.preprocess0(s0, train), self.preprocess1(s1, train)]
         for node in range(NUM_NODES):
             acc = None
@@ -155,8 +161,14 @@ class DartsCell(nnx.Module):
                 e = edge_index(node, src)
                 for name, count in self.edge_ops[e]:
                     out = self._apply(e, name, states[src], train)
+                    identity = name == "skip_connect" and not (self.reduction and src < 2)
                     if weights is not None:
                         out = weights[e, PRIMITIVES.index(name)] * out
+                    elif drop_key is not None and not identity:
+                        op_key = jax.random.fold_in(drop_key, e * len(PRIMITIVES)
+                                                    + PRIMITIVES.index(name))
+                        out = sum(drop_path(jax.random.fold_in(op_key, copy), out, drop_prob)
+                                  for copy in range(count))
                     elif count != 1:
                         out = count * out
                     acc = out if acc is None else acc + out
@@ -167,6 +179,42 @@ class DartsCell(nnx.Module):
                 acc = jnp.zeros((b, h, w, c), states[1].dtype)
             states.append(acc)
         return jnp.concatenate([states[i] for i in CONCAT], axis=-1)
+
+
+def drop_path(key: jax.Array, x: jax.Array, drop_prob: float | jax.Array) -> jax.Array:
+    """DARTS' ``drop_path``: zero whole examples of ``x`` with probability ``drop_prob`` (one
+    Bernoulli draw per example) and scale the kept ones by ``1 / (1 - drop_prob)``, so the
+    expectation is unchanged. ``drop_prob`` may be traced; 0 gives ``x`` exactly."""
+    keep = 1.0 - jnp.asarray(drop_prob, x.dtype)
+    mask = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, jnp.zeros((), x.dtype))
+
+
+class AuxiliaryHeadCIFAR(nnx.Module):
+    """DARTS' auxiliary classifier for an 8x8 feature map: ReLU, 5x5 average pool stride 3
+    (-> 2x2), 1x1 conv to 128 + BN + ReLU, 2x2 conv to 768 + BN + ReLU, linear. Larger maps
+    leave a larger grid after the 2x2 conv, which is flattened into the linear layer."""
+
+    def __init__(self, channels: int, spatial: tuple[int, int], num_classes: int, *,
+                 rngs: nnx.Rngs):
+        pooled = tuple((s - 5) // 3 + 1 for s in spatial)
+        if min(pooled) < 2:
+            raise ValueError(f"the auxiliary head needs feature maps of at least 8x8 where it "
+                             f"is attached, got {spatial[0]}x{spatial[1]}: use larger inputs "
+                             "(space.input_shape) or auxiliary=False")
+        self.conv1 = ops.Conv(channels, 128, 1, rngs=rngs)
+        self.bn1 = ops.BatchNorm(128)
+        self.conv2 = ops.Conv(128, 768, 2, rngs=rngs)
+        self.bn2 = ops.BatchNorm(768)
+        self.classifier = ops.Dense(768 * (pooled[0] - 1) * (pooled[1] - 1), num_classes,
+                                    rngs=rngs)
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = jax.nn.relu(x)
+        x = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 5, 5, 1), (1, 3, 3, 1), "VALID") / 25
+        x = jax.nn.relu(self.bn1(self.conv1(x), train))
+        x = jax.nn.relu(self.bn2(self.conv2(x), train))
+        return self.classifier(x.reshape(x.shape[0], -1))
 
 
 def _make_op(name: str, c: int, stride: int, affine: bool, pool_bn: bool, depthwise_impl: str,
@@ -201,10 +249,14 @@ class DartsNetwork(nnx.Module):
       pool_bn: an affine-free BN after each pooling op (DARTS' search supernet).
       depthwise_impl: how the sep/dil convs' depthwise convolutions are computed
         (``ops.depthwise_conv2d``: ``auto``, ``slices`` or ``xla``); same weights and numbers.
+      auxiliary: add DARTS' auxiliary head after cell ``2 * num_cells // 3`` (standalone
+        only; needs an 8x8 or larger feature map there, e.g. 32x32 inputs). Its parameters
+        live under ``auxiliary_head`` and are not in ``space.num_params``.
     """
 
     def __init__(self, space: DartsSpace, arch=None, *, affine: bool = True,
-                 pool_bn: bool = False, depthwise_impl: str = "auto", rngs: nnx.Rngs):
+                 pool_bn: bool = False, depthwise_impl: str = "auto", auxiliary: bool = False,
+                 rngs: nnx.Rngs):
         if not isinstance(space, DartsSpace):
             raise ValueError(f"DartsNetwork needs a DartsSpace, got {type(space).__name__}")
         if depthwise_impl not in ops.DEPTHWISE_IMPLS:
@@ -215,8 +267,13 @@ class DartsNetwork(nnx.Module):
         else:
             arch = space.validate(arch)
             cell_ops = tuple(_standalone_edge_ops(arch, c) for c in range(len(CELLS)))
+        if auxiliary and arch is None:
+            raise ValueError("auxiliary=True needs a standalone DartsNetwork (an arch); the "
+                             "supernet has no auxiliary head")
         self.is_supernet = arch is None
         self.space = space
+        self.aux_position = 2 * space.num_cells // 3 if auxiliary else None
+        spatial = tuple(space.input_shape[:2])
         c_stem = space.stem_multiplier * space.channels
         self.stem = ops.Conv(space.input_shape[-1], c_stem, 3, rngs=rngs)
         self.stem_bn = ops.BatchNorm(c_stem)
@@ -232,16 +289,32 @@ class DartsNetwork(nnx.Module):
                                    depthwise_impl=depthwise_impl, rngs=rngs))
             reduction_prev = reduction
             c_pp, c_p = c_p, len(CONCAT) * c
+            if reduction:
+                spatial = tuple((s + 1) // 2 for s in spatial)
+            if i == self.aux_position:
+                self.auxiliary_head = AuxiliaryHeadCIFAR(c_p, spatial, space.num_classes,
+                                                         rngs=rngs)
         self.cells = nnx.List(cells)
         self.classifier = ops.Dense(c_p, space.num_classes, rngs=rngs)
 
     def __call__(self, x: jax.Array, weights: jax.Array | None = None, *,
-                 edge_weights: jax.Array | None = None, train: bool = False) -> jax.Array:
-        """Logits ``float[B, classes]`` for images ``x`` ``float[B, H, W, C]``.
+                 edge_weights: jax.Array | None = None, train: bool = False,
+                 drop_path_prob: float | jax.Array = 0.0, key: jax.Array | None = None):
+        """Logits ``float[B, classes]`` for images ``x`` ``float[B, H, W, C]``; with the
+        auxiliary head and ``train``, ``(logits, aux_logits)``.
 
         The supernet needs exactly one of ``weights`` (per decision, ``float[32, 8]``) or
         ``edge_weights`` (per edge, ``float[2, 14, 8]``); a standalone network takes neither.
+        Drop-path (standalone, ``train`` only) needs ``key``; ``drop_path_prob`` may be traced
+        (e.g. DARTS' linear ramp), and without a key it must be 0.
         """
+        if key is None and (isinstance(drop_path_prob, jax.Array) or drop_path_prob != 0):
+            raise ValueError("a drop_path_prob needs key= (the PRNG key of the drop-path "
+                             "masks)")
+        if key is not None and self.is_supernet:
+            raise ValueError("drop-path is for the standalone DartsNetwork; the supernet takes "
+                             "no key")
+        drop_key = key if train else None
         if not self.is_supernet:
             if weights is not None or edge_weights is not None:
                 raise ValueError("a standalone DartsNetwork computes its own architecture; "
@@ -259,10 +332,15 @@ class DartsNetwork(nnx.Module):
                                  f"{ALPHA_SHAPE} (cell type, edge, op)")
             per_edge = edge_weights
         s0 = s1 = self.stem_bn(self.stem(x), train)
+        aux_logits = None
         for i, cell in enumerate(self.cells):
             w = None if per_edge is None else per_edge[int(i in self.space.reduction_cells)]
-            s0, s1 = s1, cell(s0, s1, w, train)
-        return self.classifier(jnp.mean(s1, axis=(1, 2)))
+            cell_key = None if drop_key is None else jax.random.fold_in(drop_key, i)
+            s0, s1 = s1, cell(s0, s1, w, train, cell_key, drop_path_prob)
+            if i == self.aux_position and train:
+                aux_logits = self.auxiliary_head(s1, train)
+        logits = self.classifier(jnp.mean(s1, axis=(1, 2)))
+        return logits if aux_logits is None else (logits, aux_logits)
 
 
 def extract_standalone(supernet_state: nnx.State, standalone_state: nnx.State) -> nnx.State:

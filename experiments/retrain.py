@@ -1,0 +1,34 @@
+"""Retrain an architecture from scratch and test it: ``python experiments/retrain.py
+--config=configs/retrain_nb201_digits.py --workdir=/tmp/retrain``. The architecture is
+``--config.arch=...`` (the space's own string format) or ``--config.arch_from=<search workdir>``.
+A workdir that holds a checkpoint is resumed; results go to ``<workdir>/retrain.json``."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from nas_jax.config import ConfigError  # noqa: E402
+from nas_jax.retrain import run_retrain  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).")
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and retrain.json are written.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # progress and results are printed
+    try:
+        run_retrain(_CONFIG.value, flags.FLAGS.workdir)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)
