@@ -73,6 +73,10 @@ def search_config() -> ml_collections.ConfigDict:
                           table_path="", allow_partial=False)  # table (a .npz benchmark)
     c.budget = ml_collections.ConfigDict(dict(num_evaluations=40))
     c.retrain = _recipe(steps=500, learning_rate=0.1)
+    # Hand-designed architectures retrained beside the search's best with the same recipe and
+    # key, as "SPACE:ARCH" in that space's string format (its settings from config.space),
+    # e.g. ("mlp:mlp(256,relu|128,relu)", "macro_cnn:conv(32,k5,s1,relu)|...").
+    c.baselines = ()
     c.checkpoint = ml_collections.ConfigDict(dict(every_rounds=1, max_to_keep=2))
     c.runtime = ml_collections.ConfigDict(
         dict(compilation_cache_dir="~/.cache/nas_jax/xla", progress_interval_s=10.0,
@@ -224,4 +228,32 @@ def validate(config: ml_collections.ConfigDict):
                           f"allowed: {', '.join(EXECUTIONS)}")
     _check_recipe(config, "evaluator")
     _check_recipe(config, "retrain", allow_zero_steps=True)
+    parse_baselines(config)
     return space
+
+
+def parse_baselines(config) -> list[tuple[str, object, object]]:
+    """``config.baselines`` as ``[(space name, space, arch)]``; the spaces are built from
+    ``config.space`` with default shapes (the runner rebuilds them for the dataset)."""
+    out = []
+    for i, entry in enumerate(config.baselines):
+        field = f"config.baselines[{i}]={entry!r}"
+        if not isinstance(entry, str) or ":" not in entry:
+            raise ConfigError(f"{field}: must be 'SPACE:ARCH', e.g. 'mlp:mlp(128,relu)'")
+        name, text = (part.strip() for part in entry.split(":", 1))
+        try:
+            registry.SPACES.check(name, "space")
+        except ValueError as e:
+            raise ConfigError(f"{field}: {e}") from None
+        space = registry.SPACES.build(name, config.space)
+        if not has_network(space):
+            raise ConfigError(f"{field}: space {name!r} has no standalone network")
+        if config.retrain.steps == 0:
+            raise ConfigError(f"{field}: baselines are trained with the retrain recipe; set "
+                              "config.retrain.steps > 0")
+        try:
+            arch = space.validate(space.from_string(text))
+        except (ValueError, KeyError, IndexError) as e:
+            raise ConfigError(f"{field}: not a {name} architecture: {e}") from None
+        out.append((name, space, arch))
+    return out

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from nas_jax import registry
-from nas_jax.config import ConfigError, validate
+from nas_jax.config import ConfigError, parse_baselines, validate
 from nas_jax.data.datasets import load_dataset
 from nas_jax.evaluators.population import train_standalone
 from nas_jax.train.steps import recipe_from_config
@@ -210,6 +210,11 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
                   "finite": bool(out["finite"])}
         saver.save(num_rounds + 1, state,
                    meta={"round": num_rounds, "history": history, "retrain": result})
+    baselines = meta.get("baselines") if resuming else None
+    if baselines is None and config.baselines:
+        baselines = _train_baselines(config, dataset, root)
+        saver.save(num_rounds + 2, state, meta={"round": num_rounds, "history": history,
+                                                "retrain": result, "baselines": baselines})
     ckpt.close()
 
     summary = {
@@ -225,6 +230,8 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "execution": evaluator.execution,
         "backend": jax.default_backend(),
     }
+    if baselines:
+        summary["baselines"] = baselines
     final = {"best_valid_accuracy": summary["valid_accuracy"]}
     if result is not None:
         final["test_accuracy"] = result["test_accuracy"]
@@ -235,6 +242,26 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
         _print_summary(summary, history, search_seconds,
                        resumed_from=start if resuming else None)
     return summary
+
+
+def _train_baselines(config, dataset, root: jax.Array) -> list[dict]:
+    """``config.baselines`` trained from scratch with the retrain recipe and the same key as
+    the search's best architecture, scored on the test split."""
+    rows = []
+    for name, _, arch in parse_baselines(config):
+        space = registry.SPACES.build(name, config.space, input_shape=dataset.input_shape,
+                                      num_classes=dataset.num_classes)
+        _say(f"training baseline {name}:{space.to_string(arch)} from scratch "
+             f"({config.retrain.steps} steps)")
+        out = train_standalone(jax.random.fold_in(root, RETRAIN_KEY), space, arch,
+                               (dataset.train.x, dataset.train.y),
+                               (dataset.test.x, dataset.test.y),
+                               recipe_from_config(config.retrain))
+        rows.append({"space": name, "arch_string": space.to_string(arch),
+                     "test_accuracy": float(out["valid_accuracy"]),
+                     "finite": bool(out["finite"]),
+                     "num_params": space.num_params(arch), "flops": space.flops(arch)})
+    return rows
 
 
 def _write_outputs(workdir: str, summary: dict, history: list[dict]) -> None:
@@ -260,6 +287,10 @@ def _print_summary(summary: dict, history: list[dict], seconds: float, resumed_f
         ("search time this process", f"{seconds:.1f} s"
          + ("" if resumed_from is None else f" (resumed at round {resumed_from})")),
     ]
+    for b in summary.get("baselines", ()):
+        rows.append((f"baseline {b['space']}", f"{b['arch_string']}: test accuracy "
+                     f"{b['test_accuracy']:.4f}, {b['num_params']:,} parameters, "
+                     f"{b['flops']:,} FLOPs"))
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows), flush=True)
 

@@ -7,7 +7,7 @@ import sys
 import ml_collections
 import pytest
 
-from nas_jax.config import ConfigError, search_config, validate
+from nas_jax.config import ConfigError, parse_baselines, search_config, validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -119,3 +119,22 @@ def test_every_registered_space_builds_from_the_default_schema():
         space = registry.SPACES.build(name, search_config().space)
         assert space.size >= 1
         assert space.num_decisions == len(space.num_choices)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("mlp(32,relu)", "must be 'SPACE:ARCH'"),
+    ("nope:mlp(32,relu)", "unknown space"),
+    ("mlp:mlp(33,relu)", "not a mlp architecture"),
+])
+def test_bad_baselines_name_the_entry(entry, message):
+    config = search_config()
+    config.baselines = (entry,)
+    with pytest.raises(ConfigError, match=r"config\.baselines\[0\].*" + message):
+        validate(config)
+
+
+def test_baselines_parse():
+    config = search_config()
+    config.baselines = ("mlp:mlp(64,relu|32,tanh)",)
+    [(name, space, arch)] = parse_baselines(config)
+    assert name == "mlp" and space.to_string(arch) == "mlp(64,relu|32,tanh)"

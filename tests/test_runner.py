@@ -24,6 +24,7 @@ TINY = [
     "--config.retrain.steps=3",
     "--config.retrain.batch_size=16",
     "--config.runtime.progress_interval_s=0",
+    "--config.baselines=('mlp:mlp(32,relu)',)",
 ]
 
 
@@ -88,6 +89,11 @@ def test_workdir_is_filled(uninterrupted):
     assert best["num_evaluations"] == 8
     assert best["valid_accuracy"] == max(r["fitness"] for r in rows[:-1])
     assert (workdir / "best_architecture.txt").read_text().strip() == best["arch_string"]
+    [baseline] = best["baselines"]
+    assert baseline["space"] == "mlp" and baseline["arch_string"] == "mlp(32,relu)"
+    assert baseline["num_params"] == 64 * 32 + 32 + 32 * 10 + 10  # digits: 8x8 in, 10 classes
+    assert 0.0 <= baseline["test_accuracy"] <= 1.0 and baseline["finite"]
+    assert "baseline mlp" in proc.stdout
     assert os.listdir(workdir / "tb")
     with open(workdir / "search_curve.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
