@@ -1,7 +1,9 @@
 """Load whole datasets into memory as float32 features and int32 labels, offline.
 
-Built-ins (`digits`, `mnist1d`) are generated locally by TFDS builders on first use; catalog
-datasets must have been prepared beforehand in array_record format. Nothing here downloads.
+Built-ins (`digits`, `mnist1d`, `glyphs`) are generated locally by TFDS builders on first use;
+catalog datasets must have been prepared beforehand in array_record format. Nothing here
+downloads. `few_shot_splits` gives the class-disjoint meta-train/meta-test data of `glyphs` and
+`omniglot`.
 """
 
 import functools
@@ -14,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-BUILTIN_DATASETS = ("digits", "mnist1d")
+BUILTIN_DATASETS = ("digits", "mnist1d", "glyphs")
 CATALOG_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn_cropped", "omniglot")
 KNOWN_DATASETS = BUILTIN_DATASETS + CATALOG_DATASETS
 DATA_DIR_ENV = "NAS_JAX_DATA_DIR"
@@ -166,7 +168,7 @@ def load_dataset(
     Results are memoised per process on all arguments (`clear_cache()` forgets them).
 
     Args:
-      name: a built-in (`digits`, `mnist1d`; generated on first use) or a catalog dataset
+      name: a built-in (`digits`, `mnist1d`, `glyphs`; generated on first use) or a catalog dataset
         prepared with `tfds build NAME --file_format=array_record`.
       data_dir: TFDS data dir; default from `resolve_data_dir`.
       valid_fraction: stratified fraction of the train split held out as `valid`, by `seed`.
@@ -290,6 +292,73 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     array = np.asarray(array)
     array.flags.writeable = False
     return array
+
+
+FEW_SHOT_DATASETS = ("glyphs", "omniglot")
+
+
+@flax.struct.dataclass
+class FewShotSplits:
+    """Class-disjoint meta-train / meta-test data. Labels are global class ids (`num_classes`
+    in all); `train_classes` / `test_classes` (sorted int32, disjoint) are those present."""
+
+    meta_train: Split
+    meta_test: Split
+    train_classes: np.ndarray
+    test_classes: np.ndarray
+    name: str = flax.struct.field(pytree_node=False)
+    num_classes: int = flax.struct.field(pytree_node=False)
+    input_shape: tuple[int, ...] = flax.struct.field(pytree_node=False)
+
+
+def few_shot_splits(
+    name: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    rotations: bool | None = None,
+    image_size: int = 28,
+    normalize: bool = True,
+    as_jax: bool = True,
+) -> FewShotSplits:
+    """Loads `name` (one of `FEW_SHOT_DATASETS`) with its standard class-disjoint split.
+
+    `glyphs`: the classes of the meta-train vs meta-test scripts (`glyphs.SCRIPT_SPLIT`), 28x28.
+    `omniglot`: TFDS `train` (background alphabets) vs `test` (evaluation alphabets), resized
+    to `image_size`. With `rotations` (default: True for omniglot only) every class rotated by
+    90, 180 and 270 degrees is a further class (id `c + k * C`), so there are 4x classes.
+    Normalisation uses the statistics of the whole meta-train split (rotation-invariant).
+    """
+    if name not in FEW_SHOT_DATASETS:
+        raise ValueError(f"few-shot dataset must be one of {FEW_SHOT_DATASETS}, got {name!r}")
+    if name == "glyphs" and image_size != 28:
+        raise ValueError(f"image_size must be 28 for glyphs (rendered at 28x28), got {image_size}")
+    rotations = name == "omniglot" if rotations is None else bool(rotations)
+    ds = load_dataset(
+        name,
+        data_dir=data_dir,
+        valid_fraction=0.0,
+        normalize=normalize,
+        as_jax=False,
+        image_size=int(image_size) if name == "omniglot" else None,
+    )
+    turns = 4 if rotations else 1
+    parts = []
+    for split in (ds.train, ds.test):
+        x, y = np.asarray(split.x), np.asarray(split.y)
+        x = np.concatenate([np.rot90(x, k, axes=(1, 2)) for k in range(turns)])
+        y = np.concatenate([y + k * ds.num_classes for k in range(turns)]).astype(np.int32)
+        parts.append((x, y))
+    convert = jnp.asarray if as_jax else _read_only
+    (x_train, y_train), (x_test, y_test) = parts
+    return FewShotSplits(
+        meta_train=Split(x=convert(x_train), y=convert(y_train)),
+        meta_test=Split(x=convert(x_test), y=convert(y_test)),
+        train_classes=_read_only(np.unique(y_train).astype(np.int32)),
+        test_classes=_read_only(np.unique(y_test).astype(np.int32)),
+        name=name,
+        num_classes=turns * ds.num_classes,
+        input_shape=ds.input_shape,
+    )
 
 
 def quadrant_images(key: jax.Array, n: int, classes: int = 4):

@@ -257,7 +257,7 @@ def test_unknown_names_and_bad_arguments():
     with pytest.raises(ValueError, match="unknown dataset 'cifar'; known: digits, mnist1d"):
         check_dataset_name("cifar")
     assert check_dataset_name("omniglot") == "omniglot"
-    assert set(KNOWN_DATASETS) == set(BUILTIN_SIZES) | set(MOCK_SHAPES)
+    assert set(KNOWN_DATASETS) == set(BUILTIN_SIZES) | set(MOCK_SHAPES) | {"glyphs"}
     with pytest.raises(ValueError, match="image_size is only supported for omniglot"):
         load_dataset("digits", image_size=4)
 

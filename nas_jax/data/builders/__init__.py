@@ -1,7 +1,7 @@
 """Offline TFDS builders for the built-in datasets, and their cached, lock-protected preparation.
 
-Importing this package registers `nas_jax_digits` and `nas_jax_mnist1d` with TFDS, so
-`tfds.builder('nas_jax_digits', data_dir=...)` works like a catalog dataset.
+Importing this package registers `nas_jax_digits`, `nas_jax_mnist1d` and `nas_jax_glyphs` with
+TFDS, so `tfds.builder('nas_jax_digits', data_dir=...)` works like a catalog dataset.
 """
 
 import fcntl
@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import gcs_utils
 
 from nas_jax.data.builders.digits import NasJaxDigits
+from nas_jax.data.builders.glyphs import GlyphsConfig, NasJaxGlyphs
 from nas_jax.data.builders.mnist1d import MNIST1D_DEFAULTS, NasJaxMnist1d, make_mnist1d
 
 # TFDS 4.9.10 already defaults to this; set it so no version of TFDS looks up GCS metadata.
@@ -20,12 +21,15 @@ gcs_utils._is_gcs_disabled = True
 BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     "digits": NasJaxDigits,
     "mnist1d": NasJaxMnist1d,
+    "glyphs": NasJaxGlyphs,
 }
 
 __all__ = [
     "BUILDERS",
     "MNIST1D_DEFAULTS",
+    "GlyphsConfig",
     "NasJaxDigits",
+    "NasJaxGlyphs",
     "NasJaxMnist1d",
     "make_mnist1d",
     "prepare_builtin",
