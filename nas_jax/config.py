@@ -77,7 +77,9 @@ def search_config() -> ml_collections.ConfigDict:
     # key, as "SPACE:ARCH" in that space's string format (its settings from config.space),
     # e.g. ("mlp:mlp(256,relu|128,relu)", "macro_cnn:conv(32,k5,s1,relu)|...").
     c.baselines = ()
-    c.checkpoint = ml_collections.ConfigDict(dict(every_rounds=1, max_to_keep=2))
+    c.checkpoint = ml_collections.ConfigDict(dict(
+        every_rounds=1, max_to_keep=2,
+        supernet_every_steps=100))  # oneshot: the supernet's training is checkpointed in chunks
     c.runtime = ml_collections.ConfigDict(
         dict(compilation_cache_dir="~/.cache/nas_jax/xla", progress_interval_s=10.0,
              threefry_partitionable=False,
@@ -183,7 +185,8 @@ def validate(config: ml_collections.ConfigDict):
         raise ConfigError(f"config.dataset.valid_fraction={vf!r}: must be in (0, 1)")
     for field in ("space.channels", "space.cells_per_stage", "strategy.population_size",
                   "strategy.sample_size", "strategy.batch_size", "budget.num_evaluations",
-                  "checkpoint.every_rounds", "checkpoint.max_to_keep"):
+                  "checkpoint.every_rounds", "checkpoint.max_to_keep",
+                  "checkpoint.supernet_every_steps"):
         _positive(config, field)
     _positive(config, "runtime.progress_interval_s", allow_zero=True)
     _check_mesh(config.runtime)

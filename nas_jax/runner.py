@@ -143,11 +143,8 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     evaluator = _with_mesh(evaluator, mesh)
     root = jax.random.key(config.seed)
     if hasattr(evaluator, "train_supernet"):  # one-shot: train the shared weights once
-        # Deterministic in its key, so a resumed run retrains the identical supernet (it is
-        # not checkpointed yet: a resume pays the training again).
-        _say(f"training the one-shot supernet ({config.evaluator.supernet_steps} steps)")
-        evaluator = evaluator.with_supernet(
-            evaluator.train_supernet(jax.random.fold_in(root, SUPERNET_KEY)))
+        evaluator = evaluator.with_supernet(_trained_supernet(
+            config, workdir, evaluator, jax.random.fold_in(root, SUPERNET_KEY)))
     budget = config.budget.num_evaluations
     num_rounds = math.ceil(budget / strategy.batch_size)
 
@@ -242,6 +239,34 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
         _print_summary(summary, history, search_seconds,
                        resumed_from=start if resuming else None)
     return summary
+
+
+def _trained_supernet(config, workdir: str, evaluator, key: jax.Array):
+    """The one-shot evaluator's supernet, trained in chunks of
+    ``checkpoint.supernet_every_steps`` steps, each checkpointed in ``workdir/supernet``: a
+    killed run resumes the training where it stopped (paths and batches derive from the step,
+    so the result equals an uninterrupted training), and a finished one is only restored."""
+    ckpt = Checkpointer(os.path.join(workdir, "supernet"), max_to_keep=1)
+    saver = _ProcessCheckpointer(ckpt)
+    total = evaluator.recipe.steps
+    state = evaluator.init_supernet(key)
+    if ckpt.latest_step() is not None:
+        state, _ = saver.restore(state)
+    done = int(state.step)
+    if done < total:
+        _say(f"training the one-shot supernet: steps {done}..{total}")
+    finite = True
+    while done < total:
+        n = min(config.checkpoint.supernet_every_steps, total - done)
+        state, losses = evaluator.train_steps(state, n)
+        finite = finite and bool(np.all(np.isfinite(np.asarray(losses))))
+        done += n
+        saver.save(done, state, meta={"step": done})
+    ckpt.close()
+    if not finite:
+        _say("warning: the supernet's training loss was not finite; candidates scored with it "
+             "get the worst fitness")
+    return state
 
 
 def _train_baselines(config, dataset, root: jax.Array) -> list[dict]:

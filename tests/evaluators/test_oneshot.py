@@ -217,3 +217,34 @@ def test_registry_config_and_errors():
     config = search_config()
     config.evaluator.name = "oneshot"
     assert validate(config) == NB201Space(channels=8, cells_per_stage=1)
+
+
+def test_runner_checkpoints_the_supernet_in_chunks_and_resumes_it(mini, tmp_path):
+    from nas_jax import runner
+    from nas_jax.config import search_config
+
+    config = search_config()
+    config.checkpoint.supernet_every_steps = 3
+    calls = []
+
+    def train_steps(state, n):  # the run dies during its third chunk
+        calls.append(n)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return mini.train_steps(state, n)
+
+    dying = types.SimpleNamespace(recipe=mini.recipe, init_supernet=mini.init_supernet,
+                                  train_steps=train_steps)
+    with pytest.raises(KeyboardInterrupt):
+        runner._trained_supernet(config, str(tmp_path), dying, KEY)
+    assert sorted(os.listdir(tmp_path / "supernet")) == ["6"]
+    resumed = runner._trained_supernet(config, str(tmp_path), mini, KEY)  # restores step 4
+    assert int(resumed.step) == MINI_RECIPE.steps
+    want = mini.train_supernet(KEY)
+    for a, b in zip(jax.tree.leaves(resumed.replace(key=None)),
+                    jax.tree.leaves(want.replace(key=None))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # A finished training is only restored.
+    again = runner._trained_supernet(config, str(tmp_path), mini, KEY)
+    np.testing.assert_array_equal(np.asarray(again.params["head"]["kernel"][...]),
+                                  np.asarray(want.params["head"]["kernel"][...]))
