@@ -159,6 +159,13 @@ def test_second_load_does_not_rebuild(data_dir, monkeypatch):
     ds = load_dataset("digits", data_dir=data_dir, seed=11)
     assert len(ds.test) == 359
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+    # Later loads read the array cache written by the first, not the records.
+    assert datasets.ARRAYS_CACHE in before
+    monkeypatch.setattr(datasets, "_read_source", fail)
+    clear_cache()
+    again = load_dataset("digits", data_dir=data_dir, seed=11)
+    np.testing.assert_array_equal(again.test.x, ds.test.x)
+    np.testing.assert_array_equal(again.train.y, ds.train.y)
 
 
 def test_concurrent_builds_generate_once(tmp_path, monkeypatch):
