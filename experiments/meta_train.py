@@ -1,0 +1,33 @@
+"""Meta-train a task-conditioned controller: ``python experiments/meta_train.py
+--config=configs/meta_controller_synthetic.py --workdir=/tmp/meta``. A workdir that holds a
+checkpoint is resumed; the trained controller is saved in ``<workdir>/controller``."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from nas_jax.config import ConfigError  # noqa: E402
+from nas_jax.meta.meta_train import run_meta_train  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).")
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the controller go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # progress and results are printed
+    try:
+        run_meta_train(_CONFIG.value, flags.FLAGS.workdir)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)
