@@ -14,7 +14,9 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from nas_jax.config import ConfigError  # noqa: E402
+from nas_jax.gradient_search import run_gradient_search  # noqa: E402
 from nas_jax.runner import run_search  # noqa: E402
+from nas_jax.strategies.gradient import METHODS as GRADIENT_METHODS  # noqa: E402
 from nas_jax.utils.sharding import initialize_distributed  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).")
@@ -38,7 +40,10 @@ def main(argv):
                              "--distributed")
     logging.set_verbosity(logging.WARNING)  # progress and results are printed
     try:
-        run_search(_CONFIG.value, flags.FLAGS.workdir)
+        if _CONFIG.value.strategy.name in GRADIENT_METHODS:  # DARTS, GDAS: their own loop
+            run_gradient_search(_CONFIG.value, flags.FLAGS.workdir)
+        else:
+            run_search(_CONFIG.value, flags.FLAGS.workdir)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)

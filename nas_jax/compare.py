@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from nas_jax import registry
-from nas_jax.config import ConfigError, _check_schema, _check_strategy, search_config
+from nas_jax.config import ConfigError, check_schema, check_strategy, search_config
 from nas_jax.evaluators.table import (
     TableEvaluator,
     table_config_problem,
@@ -78,7 +78,7 @@ def compare_config() -> ml_collections.ConfigDict:
 
 def validate_compare(config: ml_collections.ConfigDict, *, check_table: bool = True) -> None:
     """Check a comparison config; raises ``ConfigError`` naming the field."""
-    _check_schema(config, compare_config(), "")
+    check_schema(config, compare_config(), "")
     for field in ("num_seeds", "num_evaluations"):
         if config[field] < 1:
             raise ConfigError(f"config.{field}={config[field]}: must be >= 1")
@@ -102,7 +102,7 @@ def validate_compare(config: ml_collections.ConfigDict, *, check_table: bool = T
         search.strategy = section
         search.budget.num_evaluations = config.num_evaluations
         try:
-            _check_strategy(search)
+            check_strategy(search)
             for field in ("population_size", "sample_size", "batch_size"):
                 if section[field] < 1:
                     raise ConfigError(f"config.strategy.{field}={section[field]}: must be >= 1")

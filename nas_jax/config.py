@@ -91,7 +91,7 @@ def _type_name(value) -> str:
     return type(value).__name__
 
 
-def _check_schema(config, schema, prefix: str) -> None:
+def check_schema(config, schema, prefix: str) -> None:
     """Unknown (mistyped) fields and wrong types, against the schema's defaults."""
     for key in config.keys():
         field = f"{prefix}{key}"
@@ -103,7 +103,7 @@ def _check_schema(config, schema, prefix: str) -> None:
         if isinstance(default, ml_collections.ConfigDict):
             if not isinstance(value, ml_collections.ConfigDict):
                 raise ConfigError(f"config.{field}: must be a section of fields, got {value!r}")
-            _check_schema(value, default, f"{field}.")
+            check_schema(value, default, f"{field}.")
             continue
         ok = isinstance(value, type(default)) and not (
             isinstance(value, bool) and not isinstance(default, bool))
@@ -137,7 +137,7 @@ def _check_recipe(config, section: str, *, allow_zero_steps: bool = False) -> No
             f"config.{section}.optimizer={opt!r}: allowed: {', '.join(OPTIMIZERS)}")
 
 
-def _check_strategy(config) -> None:
+def check_strategy(config) -> None:
     s = config.strategy
     for name in ("crossover_rate", "mutation_rate", "gene_mutation_rate"):
         if not 0.0 <= s[name] <= 1.0:
@@ -170,7 +170,7 @@ def _check_mesh(runtime) -> None:
 
 def validate(config: ml_collections.ConfigDict):
     """Check ``config``; return the search space it describes. Raises ``ConfigError``."""
-    _check_schema(config, search_config(), "")
+    check_schema(config, search_config(), "")
     for reg, section in ((registry.SPACES, "space"), (registry.STRATEGIES, "strategy"),
                          (registry.EVALUATORS, "evaluator")):
         try:
@@ -194,7 +194,7 @@ def validate(config: ml_collections.ConfigDict):
     if s.sample_size > s.population_size:
         raise ConfigError(f"config.strategy.sample_size={s.sample_size}: must be <= "
                           f"strategy.population_size ({s.population_size})")
-    _check_strategy(config)
+    check_strategy(config)
     space = registry.SPACES.build(config.space.name, config.space)
     if s.population_size > space.size:
         raise ConfigError(f"config.strategy.population_size={s.population_size}: larger than "

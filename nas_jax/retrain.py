@@ -31,10 +31,10 @@ from absl import logging
 from flax import nnx
 
 from nas_jax import registry
-from nas_jax.config import ConfigError, _check_schema, search_config
+from nas_jax.config import ConfigError, check_schema, search_config
 from nas_jax.data.datasets import KNOWN_DATASETS, load_dataset
 from nas_jax.evaluators.population import has_network, init_candidate, network_graphdef
-from nas_jax.runner import _check_same_run, _say, setup_runtime
+from nas_jax.runner import check_same_run, say, setup_runtime
 from nas_jax.spaces.darts import DartsSpace
 from nas_jax.train.augment import cutout, random_crop, random_flip
 from nas_jax.train.steps import cross_entropy, draw_batch, make_apply
@@ -42,7 +42,9 @@ from nas_jax.utils.checkpoint import Checkpointer
 from nas_jax.utils.metrics import MetricWriter, Progress, atomic_write, read_jsonl
 
 RESULT_FILE = "retrain.json"
-SEARCH_RESULT_FILE = "best_architecture.json"  # what run_search writes into its workdir
+# What a search leaves in its workdir: run_search's best architecture, or the cell a
+# gradient-based search (DARTS, GDAS) derived.
+SEARCH_RESULT_FILES = ("best_architecture.json", "result.json")
 AUX_SCOPE = "auxiliary_head"
 
 
@@ -95,7 +97,7 @@ def _space_for_checks(config):
 def validate_retrain_config(config: ml_collections.ConfigDict) -> None:
     """Check ``config`` before anything is loaded or compiled; raises ``ConfigError`` naming
     the field."""
-    _check_schema(config, retrain_config(), "")
+    check_schema(config, retrain_config(), "")
     if bool(config.arch) == bool(config.arch_from):
         raise ConfigError("config.arch / config.arch_from: give exactly one (an architecture "
                           "string, or a search workdir holding best_architecture.json)")
@@ -137,10 +139,14 @@ def validate_retrain_config(config: ml_collections.ConfigDict) -> None:
 
 
 def _read_search_result(config) -> dict:
-    path = os.path.join(os.path.expanduser(config.arch_from), SEARCH_RESULT_FILE)
-    if not os.path.exists(path):
-        raise ConfigError(f"config.arch_from={config.arch_from!r}: no {SEARCH_RESULT_FILE} "
-                          "there; point it at a finished search's --workdir")
+    folder = os.path.expanduser(config.arch_from)
+    found = [os.path.join(folder, n) for n in SEARCH_RESULT_FILES
+             if os.path.exists(os.path.join(folder, n))]
+    if not found:
+        raise ConfigError(f"config.arch_from={config.arch_from!r}: no "
+                          f"{' or '.join(SEARCH_RESULT_FILES)} there; point it at a finished "
+                          "search's --workdir")
+    path = found[0]
     with open(path) as f:
         result = json.load(f)
     if result.get("space") != config.space.name:
@@ -334,7 +340,7 @@ def run_retrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         max_to_keep=config.checkpoint.max_to_keep)
     resuming = ckpt.latest_step() is not None
     if resuming:
-        _check_same_run(workdir, config)
+        check_same_run(workdir, config)
     setup_runtime(config.runtime)
     writer = MetricWriter(workdir)
     writer.write_config(config)
@@ -366,9 +372,9 @@ def run_retrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
         params, stats, opt_state, sums = (state[k] for k in ("params", "stats", "opt_state",
                                                              "sums"))
         start, seconds = int(meta["step"]), float(meta["seconds"])
-        _say(f"resuming {workdir} from step {start}/{spec.steps}")
+        say(f"resuming {workdir} from step {start}/{spec.steps}")
     writer.truncate_after(start)
-    _say(f"retraining {space.to_string(arch)}: {spec.steps} steps of batch {spec.batch_size} "
+    say(f"retraining {space.to_string(arch)}: {spec.steps} steps of batch {spec.batch_size} "
          f"on {jax.default_backend()} (the first step includes compiling, unless cached)")
 
     progress = Progress(spec.steps, start=start, name="retrain",

@@ -60,7 +60,7 @@ def setup_runtime(runtime: ml_collections.ConfigDict) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def _check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
+def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
     """A workdir's checkpoint may only be resumed by the config that wrote it."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
@@ -80,7 +80,7 @@ def _check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
         )
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     """A status line on stderr, from process 0 only."""
     if jax.process_index() == 0:
         print(message, file=sys.stderr, flush=True)
@@ -126,7 +126,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         max_to_keep=config.checkpoint.max_to_keep)
     resuming = ckpt.latest_step() is not None
     if resuming:
-        _check_same_run(workdir, config)
+        check_same_run(workdir, config)
     setup_runtime(config.runtime)
     mesh = sharding.mesh_from_config(config.runtime)
     saver = _ProcessCheckpointer(ckpt)
@@ -155,7 +155,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if resuming:
         state, meta = saver.restore(state)
         start, history = int(meta["round"]), list(meta["history"])
-        _say(f"resuming {workdir} from round {start}/{num_rounds} ({len(history)} evaluations)")
+        say(f"resuming {workdir} from round {start}/{num_rounds} ({len(history)} evaluations)")
     writer.truncate_after(len(history) - 1)
 
     ask, tell = jax.jit(strategy.ask), jax.jit(strategy.tell)
@@ -165,7 +165,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
         placement = "" if mesh is None else (
             f", mesh candidates={mesh.shape[sharding.CANDIDATES]} x "
             f"data={mesh.shape[sharding.DATA]} over {jax.process_count()} process(es)")
-        _say(f"searching: {num_rounds - start} rounds of {strategy.batch_size} candidates, "
+        say(f"searching: {num_rounds - start} rounds of {strategy.batch_size} candidates, "
              f"execution={evaluator.execution} on {jax.default_backend()}{placement} (the "
              "first round includes compiling, unless cached)")
     t0 = time.time()
@@ -196,7 +196,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     best_arch = np.asarray(best.arch)
     result = meta.get("retrain") if resuming else None
     if result is None and config.retrain.steps > 0:
-        _say(f"retraining {space.to_string(best_arch)} from scratch "
+        say(f"retraining {space.to_string(best_arch)} from scratch "
              f"({config.retrain.steps} steps)")
         out = train_standalone(jax.random.fold_in(root, RETRAIN_KEY), space, best_arch,
                                (dataset.train.x, dataset.train.y),
@@ -254,7 +254,7 @@ def _trained_supernet(config, workdir: str, evaluator, key: jax.Array):
         state, _ = saver.restore(state)
     done = int(state.step)
     if done < total:
-        _say(f"training the one-shot supernet: steps {done}..{total}")
+        say(f"training the one-shot supernet: steps {done}..{total}")
     finite = True
     while done < total:
         n = min(config.checkpoint.supernet_every_steps, total - done)
@@ -264,7 +264,7 @@ def _trained_supernet(config, workdir: str, evaluator, key: jax.Array):
         saver.save(done, state, meta={"step": done})
     ckpt.close()
     if not finite:
-        _say("warning: the supernet's training loss was not finite; candidates scored with it "
+        say("warning: the supernet's training loss was not finite; candidates scored with it "
              "get the worst fitness")
     return state
 
@@ -276,7 +276,7 @@ def _train_baselines(config, dataset, root: jax.Array) -> list[dict]:
     for name, _, arch in parse_baselines(config):
         space = registry.SPACES.build(name, config.space, input_shape=dataset.input_shape,
                                       num_classes=dataset.num_classes)
-        _say(f"training baseline {name}:{space.to_string(arch)} from scratch "
+        say(f"training baseline {name}:{space.to_string(arch)} from scratch "
              f"({config.retrain.steps} steps)")
         out = train_standalone(jax.random.fold_in(root, RETRAIN_KEY), space, arch,
                                (dataset.train.x, dataset.train.y),

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 
 from nas_jax import registry
-from nas_jax.config import ConfigError, _check_schema, search_config, validate
+from nas_jax.config import ConfigError, check_schema, search_config, validate
 from nas_jax.data.datasets import load_dataset
 from nas_jax.evaluators.population import init_candidate, network_graphdef, resolve_execution
 from nas_jax.evaluators.table import (
@@ -69,7 +69,7 @@ def table_build_config() -> ml_collections.ConfigDict:
 
 def validate_build(config: ml_collections.ConfigDict) -> None:
     """Check a build config (ConfigError naming the field), reusing the search checks."""
-    _check_schema(config, table_build_config(), "")
+    check_schema(config, table_build_config(), "")
     for field in ("num_seeds", "chunk_size"):
         if config[field] < 1:
             raise ConfigError(f"config.{field}={config[field]}: must be >= 1")

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from nas_jax.config import ConfigError, _check_schema
+from nas_jax.config import ConfigError, check_schema
 from nas_jax.meta.controller import MODES, ConditionedController, save_controller
 from nas_jax.meta.tasks import (
     SyntheticTableFamily,
@@ -66,7 +66,7 @@ def meta_train_config() -> ml_collections.ConfigDict:
 
 def validate_meta_train(config: ml_collections.ConfigDict) -> None:
     """Check the config against the schema and ranges; ConfigError names the field."""
-    _check_schema(config, meta_train_config(), "")
+    check_schema(config, meta_train_config(), "")
     for field in ("steps", "log_every", "checkpoint_every", "max_to_keep"):
         if config[field] < 1:
             raise ConfigError(f"config.{field}={config[field]}: must be >= 1")
