@@ -1,0 +1,33 @@
+"""Meta-test meta-trained controllers on held-out tasks: ``python experiments/meta_test.py
+--config=configs/meta_test_synthetic.py --workdir=/tmp/meta_test`` (the meta_train runs it
+reads are listed in the config's docstring). Writes meta_test.md/.json and regret.png."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from nas_jax.config import ConfigError  # noqa: E402
+from nas_jax.meta.meta_test import run_meta_test  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).")
+flags.DEFINE_string("workdir", None, "Where the table, plot and JSON of the meta-test go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # the table is printed
+    try:
+        run_meta_test(_CONFIG.value, flags.FLAGS.workdir)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)
