@@ -14,31 +14,16 @@ CIFAR-10 must be prepared first (nothing downloads): ``tfds build cifar10
     python experiments/search.py --config=configs/gdas_nb201_cifar10.py --workdir=/tmp/gdas
 """
 
-from nas_jax.gradient_search import gradient_search_config
+from configs.darts_v1_nb201_cifar10 import get_config as darts_v1_config
 
 
 def get_config(arg=None):
+    """DARTS-V1's settings (configs/darts_v1_nb201_cifar10.py) with this method's changes."""
     del arg
-    c = gradient_search_config()
-    c.seed = 0
-    c.dataset.name = "cifar10"
-    c.space.name = "nb201"
-    c.space.channels = 16
-    c.space.cells_per_stage = 5
+    c = darts_v1_config()
     c.strategy.name = "gdas"
-    c.strategy.order = 1
-    c.strategy.learning_rate = 0.025
-    c.strategy.min_learning_rate = 0.001
-    c.strategy.momentum = 0.9
-    c.strategy.nesterov = True
-    c.strategy.weight_decay = 5e-4
-    c.strategy.grad_clip = 5.0
-    c.strategy.arch_learning_rate = 3e-4
-    c.strategy.arch_weight_decay = 1e-3
     c.strategy.tau_max = 10.0
     c.strategy.tau_min = 0.1
     c.train.epochs = 240
-    c.train.batch_size = 64
     c.diagnostics.eigen_every = 20
-    c.diagnostics.eigen_iters = 20
     return c

@@ -25,7 +25,7 @@ from nas_jax import registry
 from nas_jax.config import ConfigError
 from nas_jax.data.datasets import KNOWN_DATASETS, load_dataset, stratified_split
 from nas_jax.evaluators.table import TableEvaluator
-from nas_jax.runner import check_same_run, setup_runtime
+from nas_jax.runner import open_run
 from nas_jax.spaces.darts import CELLS
 from nas_jax.spaces.nb201 import EDGES as NB201_EDGES
 from nas_jax.spaces.nb201 import NB201Space
@@ -34,8 +34,7 @@ from nas_jax.strategies.derive import derive, num_parameter_free
 from nas_jax.strategies.gradient import METHODS, GradientSearch
 from nas_jax.supernet.darts import EDGES as DARTS_EDGES
 from nas_jax.train.steps import draw_batch, evaluate
-from nas_jax.utils.checkpoint import Checkpointer
-from nas_jax.utils.metrics import MetricWriter, Progress, atomic_write
+from nas_jax.utils.metrics import Progress, atomic_write
 from nas_jax.utils.plots import plot_alpha
 
 SPACES = ("nb201", "darts")
@@ -180,16 +179,7 @@ def _programs(search: GradientSearch, batch_size: int, eval_batch_size: int, eig
 def run_gradient_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Run (or resume) the DARTS/GDAS search ``config`` describes; return the result dict."""
     validate_gradient_config(config)
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    os.makedirs(workdir, exist_ok=True)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
-                        max_to_keep=config.checkpoint.max_to_keep)
-    resuming = ckpt.latest_step() is not None
-    if resuming:
-        check_same_run(workdir, config)
-    setup_runtime(config.runtime)
-    writer = MetricWriter(workdir)
-    writer.write_config(config)
+    workdir, ckpt, resuming, writer = open_run(config, workdir)
 
     dataset = load_dataset(config.dataset.name, data_dir=config.dataset.data_dir or None,
                            valid_fraction=config.dataset.valid_fraction, seed=config.seed)

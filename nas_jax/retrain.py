@@ -34,12 +34,11 @@ from nas_jax import registry
 from nas_jax.config import ConfigError, check_schema, search_config
 from nas_jax.data.datasets import KNOWN_DATASETS, load_dataset
 from nas_jax.evaluators.population import has_network, init_candidate, network_graphdef
-from nas_jax.runner import check_same_run, say, setup_runtime
+from nas_jax.runner import open_run, say
 from nas_jax.spaces.darts import DartsSpace
 from nas_jax.train.augment import cutout, random_crop, random_flip
 from nas_jax.train.steps import cross_entropy, draw_batch, make_apply
-from nas_jax.utils.checkpoint import Checkpointer
-from nas_jax.utils.metrics import MetricWriter, Progress, atomic_write, read_jsonl
+from nas_jax.utils.metrics import Progress, atomic_write, read_jsonl
 
 RESULT_FILE = "retrain.json"
 # What a search leaves in its workdir: run_search's best architecture, or the cell a
@@ -334,16 +333,7 @@ def run_retrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Retrain (or resume retraining) the architecture of ``config`` in ``workdir``; write
     ``retrain.json``, metrics and checkpoints there, and return the result."""
     validate_retrain_config(config)
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    os.makedirs(workdir, exist_ok=True)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
-                        max_to_keep=config.checkpoint.max_to_keep)
-    resuming = ckpt.latest_step() is not None
-    if resuming:
-        check_same_run(workdir, config)
-    setup_runtime(config.runtime)
-    writer = MetricWriter(workdir)
-    writer.write_config(config)
+    workdir, ckpt, resuming, writer = open_run(config, workdir)
 
     dataset = load_dataset(config.dataset.name, data_dir=config.dataset.data_dir or None,
                            valid_fraction=config.dataset.valid_fraction, seed=config.seed)

@@ -117,9 +117,11 @@ def _with_mesh(evaluator, mesh):
     return dataclasses.replace(evaluator, mesh=mesh)
 
 
-def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Run (or resume) the search described by ``config`` in ``workdir``; return the summary."""
-    validate(config)
+def open_run(config: ml_collections.ConfigDict, workdir: str):
+    """What every run does first with its (validated) config: create ``workdir``, open its
+    checkpointer (``config.checkpoint.max_to_keep``), refuse to resume a checkpoint written
+    by another config, apply ``config.runtime`` and write the config beside the metrics.
+    Returns ``(absolute workdir, checkpointer, resuming, metric writer)``."""
     workdir = os.path.abspath(os.path.expanduser(workdir))
     os.makedirs(workdir, exist_ok=True)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -128,10 +130,17 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if resuming:
         check_same_run(workdir, config)
     setup_runtime(config.runtime)
-    mesh = sharding.mesh_from_config(config.runtime)
-    saver = _ProcessCheckpointer(ckpt)
     writer = MetricWriter(workdir)
     writer.write_config(config)
+    return workdir, ckpt, resuming, writer
+
+
+def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Run (or resume) the search described by ``config`` in ``workdir``; return the summary."""
+    validate(config)
+    workdir, ckpt, resuming, writer = open_run(config, workdir)
+    mesh = sharding.mesh_from_config(config.runtime)
+    saver = _ProcessCheckpointer(ckpt)
 
     dataset = load_dataset(config.dataset.name, data_dir=config.dataset.data_dir or None,
                            valid_fraction=config.dataset.valid_fraction, seed=config.seed)

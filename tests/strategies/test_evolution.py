@@ -191,7 +191,10 @@ def test_registry_builds_every_strategy():
         hash(strategy)
         state, _ = search_many(strategy, SEEDS, BUDGET)
         np.testing.assert_array_equal(state.best.num_told, BUDGET * strategy.batch_size)
-        assert np.all(np.asarray(state.best.fitness) >= 4)
+        # At least 3 of 6 decisions right after 300 evaluations, for every seed: random search
+        # misses 3 with probability (1 - 0.099)^300 ~ 3e-14 per seed (4 would fail for about
+        # one seed in six batches of 32: 0.6% per seed).
+        assert np.all(np.asarray(state.best.fitness) >= 3)
         assert bool(jax.vmap(SPACE.is_valid)(state.best.arch).all())
     with pytest.raises(ValueError, match="unknown strategy"):
         registry.STRATEGIES.build("nope", cfg, SPACE)
