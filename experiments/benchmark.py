@@ -1,5 +1,6 @@
-"""Population-training throughput per execution strategy, side by side in one run:
-``python experiments/benchmark.py --config=configs/benchmark_population.py``."""
+"""Benchmarks, each side by side in one run: population-training throughput per execution
+strategy (``--config=configs/benchmark_population.py``), or seconds per search step of DARTS,
+GDAS and random single-path training (``--config=configs/benchmark_darts.py``)."""
 
 import os
 import sys
@@ -10,6 +11,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from nas_jax.benchmark import run_benchmark  # noqa: E402
+from nas_jax.search_benchmark import run_search_benchmark  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/benchmark_population.py")
 flags.DEFINE_string("workdir", None, "Optional: where benchmark.json is written.")
@@ -20,7 +22,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
-    run_benchmark(_CONFIG.value, flags.FLAGS.workdir, log=lambda s: print(s, flush=True))
+    run = run_search_benchmark if _CONFIG.value.get("kind") == "search" else run_benchmark
+    run(_CONFIG.value, flags.FLAGS.workdir, log=lambda s: print(s, flush=True))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,125 @@
+"""Seconds per search step of the gradient-based and one-shot methods, side by side.
+
+``run_search_benchmark(config)`` builds one NB201 supernet (the gradient-search issue's
+setting: C=16, N=5, 32x32x3, batch 64) and times, in one process on the same synthetic
+batches, one jitted step of each listed method from a cold start: the first call (trace +
+compile + run) and the mean of ``config.steps`` further calls. Methods:
+
+- ``darts1`` / ``darts2``: DARTS, first order / exact second order (``GradientSearch``).
+- ``gdas``: GDAS with the mixture supernet (every op computed, times the one-hot sample).
+- ``gdas_switch``: GDAS with the switch supernet (only the sampled op per edge runs).
+- ``random_path``: one SPOS / random-single-path weight step on the switch supernet (a
+  uniformly sampled architecture, only its ops computed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from nas_jax.spaces.nb201 import NB201Space
+from nas_jax.strategies.gradient import GradientSearch
+
+METHODS = ("darts1", "darts2", "gdas", "gdas_switch", "random_path")
+SWITCH = (("select", "switch"), ("conv_impl", "matmul"))
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def search_benchmark_config() -> ml_collections.ConfigDict:
+    """Defaults: NB201 C=16, N=5 on 32x32x3 at batch 64, every method, 3 timed steps."""
+    c = ml_collections.ConfigDict()
+    c.kind = "search"
+    c.seed = 0
+    c.channels = 16
+    c.cells_per_stage = 5
+    c.input_shape = (32, 32, 3)
+    c.batch_size = 64
+    c.steps = 3
+    c.methods = METHODS
+    c.fast_compile = False  # XLA backend optimisation level 0 (quick checks; slower steps)
+    return c
+
+
+def _method(space, name: str) -> GradientSearch:
+    if name not in METHODS:
+        raise ValueError(f"config.methods: {name!r}; allowed: {', '.join(METHODS)}")
+    if name in ("darts1", "darts2"):
+        return GradientSearch(space, method="darts", order=int(name[-1]))
+    options = SWITCH if name in ("gdas_switch", "random_path") else ()
+    return GradientSearch(space, method="gdas", network_options=options)
+
+
+def _random_path_step(search: GradientSearch):
+    """A SPOS weight step: a uniformly sampled architecture's one-hot path, weights only."""
+    tx = search.weight_optimizer()
+
+    def step(state, train_batch, valid_batch):
+        del valid_batch
+        arch = search.space.sample(jax.random.fold_in(state.key, state.step))
+        weights = search.space.one_hot(arch)
+        (loss, (stats, _)), grads = jax.value_and_grad(search.loss, has_aux=True)(
+            state.params, state.stats, weights, train_batch)
+        updates, w_opt = tx.update(grads, state.w_opt, state.params)
+        return state.replace(params=optax.apply_updates(state.params, updates), stats=stats,
+                             w_opt=w_opt, step=state.step + 1), {"train_loss": loss}
+
+    return step
+
+
+def time_method(space, name: str, key: jax.Array, train_batch, valid_batch,
+                steps: int, compiler_options: dict | None = None) -> dict:
+    """``{method, first_call_s, seconds_per_step}`` for one method from a cold start."""
+    search = _method(space, name)
+    state = jax.jit(search.init, compiler_options=compiler_options)(key)
+    jax.block_until_ready(state)
+    step = jax.jit(_random_path_step(search) if name == "random_path" else search.step,
+                   donate_argnums=0, compiler_options=compiler_options)
+    t0 = time.perf_counter()
+    state, metrics = step(state, train_batch, valid_batch)
+    jax.block_until_ready(metrics)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = step(state, train_batch, valid_batch)
+    jax.block_until_ready(metrics)
+    per_step = (time.perf_counter() - t0) / max(steps, 1)
+    finite = bool(jnp.isfinite(metrics["train_loss"]))
+    return {"method": name, "first_call_s": first, "seconds_per_step": per_step,
+            "finite": finite}
+
+
+def run_search_benchmark(config: ml_collections.ConfigDict, workdir: str | None = None,
+                         log=print) -> dict:
+    """Time every method of ``config.methods``; print a table; write ``search_benchmark.json``."""
+    for name in config.methods:
+        _method(NB201Space(channels=1, cells_per_stage=1), name)  # names checked up front
+    space = NB201Space(channels=config.channels, cells_per_stage=config.cells_per_stage,
+                       input_shape=tuple(config.input_shape), num_classes=10)
+    key = jax.random.key(config.seed)
+    k1, k2, k3, k4, k_init = jax.random.split(key, 5)
+    shape = (config.batch_size, *config.input_shape)
+    train = (jax.random.normal(k1, shape), jax.random.randint(k2, shape[:1], 0, 10))
+    valid = (jax.random.normal(k3, shape), jax.random.randint(k4, shape[:1], 0, 10))
+    log(f"backend {jax.default_backend()}, NB201 C={config.channels} N={config.cells_per_stage}"
+        f", input {tuple(config.input_shape)}, batch {config.batch_size}")
+    log(f"{'method':12s} {'first call s':>12s} {'s / step':>9s}")
+    rows = []
+    for name in config.methods:
+        # The runs' PRNG setting (runner.setup_runtime): XLA:CPU compiles inits much faster.
+        with jax.threefry_partitionable(False):
+            row = time_method(space, name, k_init, train, valid, config.steps,
+                              FAST_COMPILE if config.fast_compile else None)
+        rows.append(row)
+        log(f"{name:12s} {row['first_call_s']:12.1f} {row['seconds_per_step']:9.3f}")
+    out = {"backend": jax.default_backend(), "config": config.to_dict(), "rows": rows}
+    if workdir:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "search_benchmark.json"), "w") as f:
+            json.dump(out, f, indent=1, default=str)
+    return out
