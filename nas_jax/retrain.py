@@ -365,7 +365,7 @@ def run_retrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
         say(f"resuming {workdir} from step {start}/{spec.steps}")
     writer.truncate_after(start)
     say(f"retraining {space.to_string(arch)}: {spec.steps} steps of batch {spec.batch_size} "
-         f"on {jax.default_backend()} (the first step includes compiling, unless cached)")
+        f"on {jax.default_backend()} (the first step includes compiling, unless cached)")
 
     progress = Progress(spec.steps, start=start, name="retrain",
                         interval_s=config.runtime.progress_interval_s)

@@ -175,8 +175,8 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f", mesh candidates={mesh.shape[sharding.CANDIDATES]} x "
             f"data={mesh.shape[sharding.DATA]} over {jax.process_count()} process(es)")
         say(f"searching: {num_rounds - start} rounds of {strategy.batch_size} candidates, "
-             f"execution={evaluator.execution} on {jax.default_backend()}{placement} (the "
-             "first round includes compiling, unless cached)")
+            f"execution={evaluator.execution} on {jax.default_backend()}{placement} (the "
+            "first round includes compiling, unless cached)")
     t0 = time.time()
     for r in range(start, num_rounds):
         k_ask, k_eval = jax.random.split(jax.random.fold_in(root, r + 1))
@@ -206,11 +206,8 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     result = meta.get("retrain") if resuming else None
     if result is None and config.retrain.steps > 0:
         say(f"retraining {space.to_string(best_arch)} from scratch "
-             f"({config.retrain.steps} steps)")
-        out = train_standalone(jax.random.fold_in(root, RETRAIN_KEY), space, best_arch,
-                               (dataset.train.x, dataset.train.y),
-                               (dataset.test.x, dataset.test.y),
-                               recipe_from_config(config.retrain))
+            f"({config.retrain.steps} steps)")
+        out = _retrain(config, dataset, root, space, best_arch)
         result = {"test_accuracy": float(out["valid_accuracy"]),
                   "test_loss": float(out["valid_loss"]),
                   "finite": bool(out["finite"])}
@@ -274,8 +271,16 @@ def _trained_supernet(config, workdir: str, evaluator, key: jax.Array):
     ckpt.close()
     if not finite:
         say("warning: the supernet's training loss was not finite; candidates scored with it "
-             "get the worst fitness")
+            "get the worst fitness")
     return state
+
+
+def _retrain(config, dataset, root: jax.Array, space, arch) -> dict:
+    """``arch`` trained from scratch with the retrain recipe and key ``fold_in(root,
+    RETRAIN_KEY)`` (the search's best and every baseline alike), scored on the test split."""
+    return train_standalone(jax.random.fold_in(root, RETRAIN_KEY), space, arch,
+                            (dataset.train.x, dataset.train.y), (dataset.test.x, dataset.test.y),
+                            recipe_from_config(config.retrain))
 
 
 def _train_baselines(config, dataset, root: jax.Array) -> list[dict]:
@@ -286,11 +291,8 @@ def _train_baselines(config, dataset, root: jax.Array) -> list[dict]:
         space = registry.SPACES.build(name, config.space, input_shape=dataset.input_shape,
                                       num_classes=dataset.num_classes)
         say(f"training baseline {name}:{space.to_string(arch)} from scratch "
-             f"({config.retrain.steps} steps)")
-        out = train_standalone(jax.random.fold_in(root, RETRAIN_KEY), space, arch,
-                               (dataset.train.x, dataset.train.y),
-                               (dataset.test.x, dataset.test.y),
-                               recipe_from_config(config.retrain))
+            f"({config.retrain.steps} steps)")
+        out = _retrain(config, dataset, root, space, arch)
         rows.append({"space": name, "arch_string": space.to_string(arch),
                      "test_accuracy": float(out["valid_accuracy"]),
                      "finite": bool(out["finite"]),
