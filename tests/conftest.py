@@ -1,9 +1,23 @@
-"""Process-wide JAX flags a test changes (runs call ``runner.setup_runtime``, which sets the
-PRNG implementation from their config) are restored after it, so results never depend on
-which tests ran before in the same worker process."""
+"""Suite-wide settings.
 
-import jax
-import pytest
+- XLA's CPU backend compiles at optimisation level 0 in the tests (and in the runs they start
+  as subprocesses, which inherit the environment): the suite is dominated by compiling many
+  tiny programs, which this makes ~2x faster, while the few steps each program runs get
+  slower by less. Set ``NAS_JAX_TEST_XLA_OPT=1`` to test with the default optimisations.
+- Process-wide JAX flags a test changes (runs call ``runner.setup_runtime``, which sets the
+  PRNG implementation from their config) are restored after it, so results never depend on
+  which tests ran before in the same worker process.
+"""
+
+import os
+
+if os.environ.get("NAS_JAX_TEST_XLA_OPT") != "1":
+    # Read when the backend starts (the first computation), so setting it here is in time.
+    os.environ["XLA_FLAGS"] = " ".join(
+        filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]))
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

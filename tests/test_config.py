@@ -81,7 +81,6 @@ def test_int_accepted_for_float_field_and_default_is_valid():
 
 
 def test_default_config_file_is_valid():
-    sys.path.insert(0, REPO)
     from configs import default
 
     validate(default.get_config())
