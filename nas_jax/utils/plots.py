@@ -7,6 +7,7 @@ registry. Files are written atomically (temp file + `os.replace`).
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Mapping, Sequence
 
@@ -166,5 +167,83 @@ def plot_alpha(
             text = f"{value:.2f}" if np.isfinite(value) else "nan"
             color = "black" if not np.isfinite(value) or value > middle else "white"
             ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def cell_arrows(edge_weights, op_names: Sequence[str], min_weight: float = 0.0
+                ) -> list[tuple[int, int, str, float]]:
+    """The operations a DARTS-style cell diagram draws: ``(source, node, op, weight)`` for every
+    (edge, op) of ``edge_weights`` ``float[14, K]`` (edge order of ``supernet.darts.EDGES``)
+    with a weight above `min_weight`; op 0 (``none``) is never drawn. Sources 0 and 1 are the
+    cell inputs, 2.. the intermediate nodes; `node` is the intermediate node (0..3)."""
+    w = np.asarray(edge_weights, dtype=np.float64)
+    edges = [(node, src) for node in range(4) for src in range(node + 2)]
+    if w.shape != (len(edges), len(op_names)):
+        raise ValueError(f"edge_weights has shape {w.shape}; expected ({len(edges)}, "
+                         f"{len(op_names)}) (edges, ops) for one cell")
+    return [(src, node, op_names[o], float(w[e, o])) for e, (node, src) in enumerate(edges)
+            for o in range(1, len(op_names)) if w[e, o] > min_weight]
+
+
+def plot_cell(
+    path: str | os.PathLike,
+    edge_weights,
+    op_names: Sequence[str],
+    title: str = "",
+    *,
+    min_weight: float = 0.0,
+) -> str:
+    """Draws a DARTS-style cell: inputs ``c_{k-2}``, ``c_{k-1}``, intermediate nodes 0..3 and
+    the output ``c_{k}`` (concatenating the nodes), with one arrow per kept operation.
+
+    `edge_weights` is ``float[14, K]`` for one cell type (edge order of
+    ``supernet.darts.EDGES``; column 0 is ``none``, never drawn): every (edge, op) with a
+    weight above `min_weight` is an arrow labelled with the op, and with its weight where the
+    edge keeps more than one op or the weight is not 1 (e.g. a pruned MetaNAS cell). A
+    discrete genotype is its one-hot weights. Returns the path of the PNG.
+    """
+    arrows = cell_arrows(edge_weights, op_names, min_weight)
+    num_nodes = 4
+    pos = {0: (0.0, 1.0), 1: (0.0, -1.0)}
+    for node in range(num_nodes):
+        pos[node + 2] = (1.6 + 1.5 * node, 1.4 - 0.95 * node)
+    out = (2.0 + 1.5 * num_nodes, 0.0)
+    fig = _new_figure(9.0, 4.2)
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    names = {0: "c_{k-2}", 1: "c_{k-1}", **{n + 2: str(n) for n in range(num_nodes)}}
+    for index, (x, y) in pos.items():
+        color = "palegreen" if index < 2 else "lightblue"
+        ax.text(x, y, names[index], ha="center", va="center", fontsize=10, zorder=3,
+                bbox=dict(boxstyle="round,pad=0.35", fc=color, ec="black"))
+    ax.text(*out, "c_{k}", ha="center", va="center", fontsize=10, zorder=3,
+            bbox=dict(boxstyle="round,pad=0.35", fc="khaki", ec="black"))
+    for (src, node), group in itertools.groupby(arrows, key=lambda a: (a[0], a[1])):
+        kept = [(op, value) for _, _, op, value in group]
+        (x0, y0), (x1, y1) = pos[src], pos[node + 2]
+        for i, (o, value) in enumerate(kept):
+            # Arcs into a node fan out by source, and parallel ops on one edge by op.
+            bend = 0.12 * (node + 1 - src) + 0.18 * (i - (len(kept) - 1) / 2)
+            ax.annotate("", xy=(x1, y1), xytext=(x0, y0), zorder=1,
+                        arrowprops=dict(arrowstyle="-|>", color="grey", shrinkA=14,
+                                        shrinkB=14, connectionstyle=f"arc3,rad={bend}"))
+            label = o
+            if len(kept) > 1 or abs(value - 1.0) > 1e-6:
+                label += f" {value:.2f}"
+            # The label sits on the arc: matplotlib's arc3 is a quadratic Bezier curve whose
+            # control point is the chord's midpoint moved by rad x (dy, -dx).
+            cx, cy = (x0 + x1) / 2 + bend * (y1 - y0), (y0 + y1) / 2 - bend * (x1 - x0)
+            t = 0.45
+            lx = (1 - t) ** 2 * x0 + 2 * (1 - t) * t * cx + t**2 * x1
+            ly = (1 - t) ** 2 * y0 + 2 * (1 - t) * t * cy + t**2 * y1
+            ax.text(lx, ly, label, fontsize=7, ha="center", va="center", zorder=2,
+                    bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8))
+    for node in range(num_nodes):
+        ax.annotate("", xy=out, xytext=pos[node + 2], zorder=1,
+                    arrowprops=dict(arrowstyle="-|>", color="lightgrey", ls="--",
+                                    shrinkA=14, shrinkB=14))
+    ax.set_xlim(-0.6, out[0] + 0.6)
+    ax.set_ylim(-2.7, 1.9)
     ax.set_title(title)
     return _save(fig, path)

@@ -6,7 +6,14 @@ import struct
 import numpy as np
 import pytest
 
-from nas_jax.utils.plots import plot_alpha, plot_curves, plot_search_curve, running_best
+from nas_jax.utils.plots import (
+    cell_arrows,
+    plot_alpha,
+    plot_cell,
+    plot_curves,
+    plot_search_curve,
+    running_best,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -73,3 +80,26 @@ def test_plot_alpha(tmp_path):
     _assert_sane_png(plot_alpha(tmp_path / "alpha.png", alpha, rows, cols, "DARTS alpha"))
     with pytest.raises(ValueError, match="labels"):
         plot_alpha(tmp_path / "bad.png", alpha, rows[:2], cols, "bad")
+
+
+def test_plot_cell_draws_exactly_the_kept_operations(tmp_path):
+    from nas_jax.spaces.darts import DARTS_V2, PRIMITIVES, DartsSpace, decision_index
+
+    space = DartsSpace()
+    arch = space.from_string(DARTS_V2)
+    w = np.zeros((14, 8))
+    want = set()
+    for node in range(4):
+        for slot in range(2):
+            src = int(arch[decision_index(0, node, slot, 0)])
+            op = int(arch[decision_index(0, node, slot, 1)])
+            w[node * (node + 3) // 2 + src, op] = 1.0
+            want.add((src, node, PRIMITIVES[op], 1.0))
+    w[0, 0] = 0.9  # 'none' is never drawn
+    assert set(cell_arrows(w, PRIMITIVES)) == want and len(want) == 8
+    w[7, 4], w[7, 1] = 0.3, 0.05  # node 2 from node 0 (source 2): one op kept, one below 0.1
+    assert (2, 2, "sep_conv_3x3", 0.3) in cell_arrows(w, PRIMITIVES, min_weight=0.1)
+    assert len(cell_arrows(w, PRIMITIVES, min_weight=0.1)) == 9
+    assert _png_size(plot_cell(tmp_path / "cell.png", w, PRIMITIVES, "normal")) == (900, 420)
+    with pytest.raises(ValueError, match=r"expected \(14, 8\)"):
+        plot_cell(tmp_path / "bad.png", w[:5], PRIMITIVES)
