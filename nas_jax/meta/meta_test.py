@@ -342,7 +342,7 @@ def markdown_table(summary: dict) -> str:
 def load_meta_trained(config) -> tuple[dict, TaskPool, dict]:
     """The controllers named in ``config.controllers`` and the family their meta_train
     config describes (all must agree on it). Returns controllers, family, family config."""
-    controllers, family_cfg, family_owner = {}, None, None
+    controllers, family_cfg, family_owner, family_workdir = {}, None, None, None
     for name, path in config.controllers.items():
         workdir = os.path.abspath(os.path.expanduser(path))
         cfg_path = os.path.join(workdir, CONFIG_FILE)
@@ -354,12 +354,14 @@ def load_meta_trained(config) -> tuple[dict, TaskPool, dict]:
         if family_cfg is not None and fam != family_cfg:
             raise ConfigError(f"config.controllers.{name}: meta-trained on another family than "
                               f"config.controllers.{family_owner} ({fam} vs {family_cfg})")
-        family_cfg, family_owner = fam, name
+        family_cfg, family_owner, family_workdir = fam, name, workdir
         try:
             controllers[name] = load_controller(os.path.join(workdir, "controller"))
         except FileNotFoundError as e:
             raise ConfigError(f"config.controllers.{name}={path!r}: {e}") from None
-    family = build_family(ml_collections.ConfigDict(family_cfg))
+    # Table-backed families reuse the tables their meta-training built (never rebuilt here).
+    family = build_family(ml_collections.ConfigDict(family_cfg), family_workdir,
+                          build_tables=False)
     for name, (controller, _) in controllers.items():
         if controller.space != family.space:
             raise ConfigError(f"config.controllers.{name}: the controller's space does not "
