@@ -1,6 +1,11 @@
-"""Meta-train a task-conditioned controller: ``python experiments/meta_train.py
---config=configs/meta_controller_synthetic.py --workdir=/tmp/meta``. A workdir that holds a
-checkpoint is resumed; the trained controller is saved in ``<workdir>/controller``."""
+"""Meta-training runs; a workdir that holds a checkpoint is resumed.
+
+- A task-conditioned controller: ``python experiments/meta_train.py
+  --config=configs/meta_controller_synthetic.py --workdir=/tmp/meta``; the trained controller
+  is saved in ``<workdir>/controller``.
+- MetaNAS and its few-shot baselines (configs with ``method = "metanas"``): ``python
+  experiments/meta_train.py --config=configs/metanas_glyphs.py --workdir=/tmp/metanas``.
+"""
 
 import os
 import sys
@@ -12,6 +17,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from nas_jax.config import ConfigError  # noqa: E402
 from nas_jax.meta.meta_train import run_meta_train  # noqa: E402
+from nas_jax.meta.metanas_train import run_metanas  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).")
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the controller go.")
@@ -23,7 +29,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # progress and results are printed
     try:
-        run_meta_train(_CONFIG.value, flags.FLAGS.workdir)
+        config = _CONFIG.value
+        run = run_metanas if config.get("method") == "metanas" else run_meta_train
+        run(config, flags.FLAGS.workdir)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
