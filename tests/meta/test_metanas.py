@@ -65,8 +65,10 @@ def _step_and_reference(learner, key, state, episodes, temps):
         grads = jax.grad(query_loss, (0, 1))(p, a) if learner.outer == "fomaml" else ()
         return p, a, losses, grads
 
-    ref = jax.vmap(reference)(episodes.support_x, episodes.support_y, episodes.query_x,
-                              episodes.query_y)
+    # The same task batching as meta_step (lax.map on CPU): Adam's first steps turn rounding
+    # noise in near-zero gradients into +-lr steps, so vmap and map differ there.
+    ref = M._over_tasks(learner, reference)(episodes.support_x, episodes.support_y,
+                                             episodes.query_x, episodes.query_y)
     return new_state, metrics, ref
 
 
@@ -251,3 +253,23 @@ def test_metanas_cold_softmax_is_the_pruned_network():
     for cell, node, slot in np.ndindex(2, 4, 2):
         assert arch[decision_index(cell, node, slot, 0)] == slot
         assert arch[decision_index(cell, node, slot, 1)] == ops[cell, edge_index(node, slot)]
+
+
+def test_task_batching_vmap_equals_map(conv4_reptile):
+    learner, state, _, _ = conv4_reptile
+    assert learner.task_batching == "auto"  # lax.map on this CPU
+    step = jax.jit(M.meta_step, static_argnums=0, compiler_options=FAST)
+    # One inner step: later steps would amplify the difference below into every weight.
+    one = learner.replace(inner_steps=1)
+    new, metrics = step(one.replace(task_batching="map"), jax.random.key(3), state, EPISODES,
+                        1.0)
+    new_v, metrics_v = step(one.replace(task_batching="vmap"), jax.random.key(3), state,
+                            EPISODES, 1.0)
+    np.testing.assert_allclose(metrics_v["support_loss_before"],
+                               metrics["support_loss_before"], rtol=1e-6)
+    # Kernels only: a BN shift whose gradient is rounding noise on these 8x8 inputs gets an
+    # arbitrary +-lr first Adam step, which differs between the two.
+    for name in ("convs", "classifier"):
+        assert _close(new_v.params[name], new.params[name], atol=1e-5), name
+    with pytest.raises(ValueError, match="task_batching='pmap'; allowed: auto, vmap, map"):
+        M.make_learner(jax.random.key(0), "conv4", space=SPACE, task_batching="pmap")

@@ -130,3 +130,13 @@ def test_config_errors_name_the_field(change, message):
 def test_too_many_validation_classes_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"config.dataset.valid_classes=20"):
         run_metanas(_config(dataset__valid_classes=20), str(tmp_path), splits=_splits())
+
+
+@pytest.mark.parametrize("name, arg", [("metanas_glyphs", None), ("metanas_glyphs", "5"),
+                                       ("metanas_omniglot", None)])
+def test_shipped_configs_validate(name, arg):
+    import importlib
+
+    config = importlib.import_module(f"configs.{name}").get_config(arg)
+    validate_metanas(config)
+    assert config.episodes.shots == int(arg or 1)
