@@ -59,7 +59,7 @@ def metanas_config() -> ml_collections.ConfigDict:
         inner_steps=5, inner_lr_w=1e-3, inner_lr_alpha=1e-3, outer="reptile",
         meta_lr_w=1.0, meta_lr_alpha=0.6))
     c.temperature = ml_collections.ConfigDict(dict(start=1.0, end=0.1))  # over c.steps
-    c.prune_threshold = 0.4
+    c.prune_threshold = 0.01  # the MetaNAS code's threshold
     c.baselines = ("conv4", "random_cell")
     c.steps = 200
     c.log_every = 20  # meta-steps per jitted chunk and per metrics line
