@@ -188,7 +188,7 @@ def _chunk_fn(learner, length: int, meta_batch: int, start: float, end: float, s
                    compiler_options=FAST_COMPILE if fast_compile else None)
 
 
-def _final_temperature(config, step: int) -> float:
+def _temperature_at(config, step: int) -> float:
     t = config.temperature
     return float(metanas.temperature(step, start=t.start, end=t.end, steps=config.steps))
 
@@ -196,7 +196,7 @@ def _final_temperature(config, step: int) -> float:
 def _score(config, learner, state, sampler, key, episodes: int, step: int) -> dict:
     return metanas.evaluate(learner, key, state, sampler, episodes=episodes,
                             chunk=min(config.test.chunk, episodes),
-                            temperature=_final_temperature(config, step),
+                            temperature=_temperature_at(config, step),
                             threshold=config.prune_threshold,
                             inner_steps=config.test.inner_steps or None)
 
@@ -242,7 +242,7 @@ def train_learner(config, name: str, samplers, input_shape, workdir: str) -> dic
             scored = _score(config, learner, state, valid, jax.random.fold_in(root, 2),
                             config.valid.episodes, step)
             values.update(valid_accuracy=scored["accuracy"], valid_ci95=scored["ci95"])
-        values["temperature"] = _final_temperature(config, step)
+        values["temperature"] = _temperature_at(config, step)
         writer.write(step, values)
         progress.update(step, values)
         if step % config.checkpoint_every == 0 or step >= config.steps:
@@ -269,7 +269,7 @@ def _architectures(config, learner, state, scored, out: str) -> dict:
     """The cells MetaNAS adapted to the meta-test tasks: how much they differ, and diagrams
     of the meta-learned cell and of the first few tasks' pruned cells."""
     space = learner.space
-    temp = _final_temperature(config, int(state.step))
+    temp = _temperature_at(config, int(state.step))
     alphas = np.asarray(scored["alphas"])
     genotypes = np.stack([np.asarray(metanas.genotype(learner, a)) for a in alphas])
     n = len(genotypes)
