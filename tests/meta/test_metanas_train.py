@@ -43,6 +43,7 @@ def _config(**changes):
     c.valid.episodes = 4
     c.test.update(dict(episodes=6, chunk=4))
     c.runtime.progress_interval_s = 0.0
+    c.runtime.compilation_cache_dir = ""
     c.fast_compile = True
     for key, value in changes.items():
         node = c

@@ -49,7 +49,8 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 @functools.cache
-def abstract(arch=None, space=SPACE, affine=True, pool_bn=False, depthwise_impl="xla"):
+def abstract(arch=None, space=SPACE, affine=True, pool_bn=False, depthwise_impl="xla",
+             edge_execution="unrolled"):
     """(graphdef, abstract state) of a network; ``arch`` a tuple or None.
 
     Network-level tests use XLA's grouped convolution for the depthwise convs: it compiles
@@ -58,6 +59,7 @@ def abstract(arch=None, space=SPACE, affine=True, pool_bn=False, depthwise_impl=
     """
     model = nnx.eval_shape(lambda: DartsNetwork(space, arch, affine=affine, pool_bn=pool_bn,
                                                 depthwise_impl=depthwise_impl,
+                                                edge_execution=edge_execution,
                                                 rngs=nnx.Rngs(0)))
     return nnx.split(model)
 
@@ -422,6 +424,83 @@ def test_gradient_wrt_edge_weights_matches_finite_differences(search_form_f64):
         v /= np.linalg.norm(v)  # a unit step: a long one may cross a ReLU / max kink
         fd_v = (loss(w + eps * v) - loss(w - eps * v)) / (2 * eps)
         np.testing.assert_allclose(fd_v, np.sum(grad * v), rtol=1e-5)
+
+
+def test_scanned_edges_equal_unrolled_edges(vmapped_train_call):
+    """``edge_execution="scan"`` runs the same network: the same state layout, and from the
+    same state the same train-mode logits and BN statistics as the unrolled cell (a normal
+    cell, a reduction cell, and one after a reduction), for one-hot and soft weights."""
+    state, logits, stats = vmapped_train_call
+    graphdef, scanned_state = abstract(edge_execution="scan")
+    assert jax.tree.structure(scanned_state) == jax.tree.structure(state)
+
+    def call(w):
+        model = nnx.merge(graphdef, state, copy=True)
+        return model(X, w, train=True), nnx.state(model, nnx.BatchStat)
+
+    soft = soft_decision_weights(np.random.default_rng(4))
+    more_none = soft.copy()
+    more_none[np.asarray(OP_POSITIONS), 0] += 5.0
+    w = jnp.stack([SPACE.one_hot(jnp.asarray(a)) for a in ARCHS.values()] + [soft, more_none])
+    s_logits, s_stats = jax.jit(jax.vmap(call), compiler_options=FAST_COMPILE)(w)
+    np.testing.assert_allclose(s_logits, logits, rtol=1e-5, atol=1e-5)
+    assert_same_stats(s_stats, stats)
+    with pytest.raises(ValueError, match="edge_execution='scan' is for the supernet"):
+        DartsNetwork(SPACE, V2, edge_execution="scan", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="edge_execution='vmap'; allowed: unrolled, scan"):
+        DartsNetwork(SPACE, None, edge_execution="vmap", rngs=nnx.Rngs(0))
+
+
+def test_scanned_edges_gradients_match_finite_differences(search_form_f64):
+    """The scanned search-form cell in float64: eval-mode logits equal the unrolled cell's,
+    and its gradients with respect to the edge weights and to the weights match central
+    differences of the unrolled cell's loss (train mode, batch statistics)."""
+    _, state, forward = search_form_f64
+    scanned, _ = abstract(space=ONE_CELL, **SEARCH_FORM, edge_execution="scan")
+    rng = np.random.default_rng(6)
+    r = rng.normal(size=(4, 5))
+    alpha = rng.normal(size=ALPHA_SHAPE)
+    w = np.exp(alpha) / np.exp(alpha).sum(-1, keepdims=True)
+    with jax.enable_x64(True):
+        x = np.asarray(X, np.float64)
+
+        def loss(params, w):
+            model = nnx.merge(scanned, params, nnx.state(state, nnx.BatchStat), copy=True)
+            return jnp.sum(model(x, edge_weights=w, train=True) * r)
+
+        def eval_logits(w):
+            return nnx.merge(scanned, state, copy=True)(x, edge_weights=w, train=False)
+
+        params = nnx.state(state, nnx.Param)
+        g_params, g_w = jax.jit(jax.grad(loss, (0, 1)), compiler_options=FAST_COMPILE)(params, w)
+        unrolled_eval = jax.jit(functools.partial(_forward, search_form_f64[0], train=False),
+                                compiler_options=FAST_COMPILE)
+        np.testing.assert_allclose(
+            jax.jit(eval_logits, compiler_options=FAST_COMPILE)(w),
+            unrolled_eval(state, w, x)[0], rtol=1e-10, atol=1e-10)
+
+        def ref_loss(state, w):  # the unrolled cell, compiled by the fixture
+            return float(np.sum(np.asarray(forward(state, w, x)[0]) * r))
+
+        eps = 1e-5
+        for e, o in [(0, 4), (1, 1), (9, 2), (13, 6)]:
+            d = np.zeros(ALPHA_SHAPE)
+            d[1, e, o] = eps
+            fd = (ref_loss(state, w + d) - ref_loss(state, w - d)) / (2 * eps)
+            np.testing.assert_allclose(g_w[1, e, o], fd, rtol=1e-5,
+                                       atol=1e-7 * np.abs(g_w).max())
+        v = jax.tree.map(lambda a: rng.normal(size=a.shape), params)
+        norm = np.sqrt(sum(np.sum(a ** 2) for a in jax.tree.leaves(v)))
+        v = jax.tree.map(lambda a: a / norm, v)
+
+        def shifted(sign):
+            moved = jax.tree.map(lambda a, b: a + sign * eps * b, params, v)
+            return nnx.merge_state(state, moved)
+
+        fd_v = (ref_loss(shifted(1), w) - ref_loss(shifted(-1), w)) / (2 * eps)
+        directional = sum(np.sum(np.asarray(a) * b) for a, b in
+                          zip(jax.tree.leaves(g_params), jax.tree.leaves(v)))
+        np.testing.assert_allclose(directional, fd_v, rtol=1e-5)
 
 
 # ------------------------------------------------------------- errors, registry
