@@ -1,6 +1,8 @@
 """Benchmarks, each side by side in one run: population-training throughput per execution
-strategy (``--config=configs/benchmark_population.py``), or seconds per search step of DARTS,
-GDAS and random single-path training (``--config=configs/benchmark_darts.py``)."""
+strategy (``--config=configs/benchmark_population.py``), seconds per search step of DARTS,
+GDAS and random single-path training (``--config=configs/benchmark_darts.py``), or the
+compile time and seconds per meta-step of MetaNAS per supernet execution
+(``--config=configs/benchmark_metanas.py``)."""
 
 import os
 import sys
@@ -11,6 +13,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from nas_jax.benchmark import run_benchmark  # noqa: E402
+from nas_jax.meta.metanas_benchmark import run_metanas_benchmark  # noqa: E402
 from nas_jax.search_benchmark import run_search_benchmark  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/benchmark_population.py")
@@ -22,7 +25,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
-    run = run_search_benchmark if _CONFIG.value.get("kind") == "search" else run_benchmark
+    kind = _CONFIG.value.get("kind")
+    run = {"search": run_search_benchmark, "metanas": run_metanas_benchmark}.get(
+        kind, run_benchmark)
     run(_CONFIG.value, flags.FLAGS.workdir, log=lambda s: print(s, flush=True))
 
 

@@ -125,6 +125,15 @@ def _positive(config, field: str, *, allow_zero: bool = False) -> None:
         raise ConfigError(f"config.{field}={value!r}: must be {bound}")
 
 
+def check_choice(config, field: str, allowed) -> None:
+    """ConfigError naming ``config.<field>`` (a dotted path) unless its value is allowed."""
+    value = config
+    for part in field.split("."):
+        value = value[part]
+    if value not in allowed:
+        raise ConfigError(f"config.{field}={value!r}; allowed: {', '.join(allowed)}")
+
+
 def _check_recipe(config, section: str, *, allow_zero_steps: bool = False) -> None:
     _positive(config, f"{section}.steps", allow_zero=allow_zero_steps)
     for name in ("batch_size", "eval_batch_size", "learning_rate"):

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from nas_jax.config import ConfigError, check_schema
+from nas_jax.config import ConfigError, check_choice, check_schema
 from nas_jax.data.datasets import (
     FEW_SHOT_DATASETS,
     DatasetNotPreparedError,
@@ -36,6 +36,7 @@ from nas_jax.data.datasets import (
 )
 from nas_jax.data.tasks import EpisodeSampler, split_classes
 from nas_jax.meta import metanas
+from nas_jax.ops import DEPTHWISE_IMPLS
 from nas_jax.runner import check_same_run, setup_runtime
 from nas_jax.spaces.darts import CELLS, PRIMITIVES, DartsSpace
 from nas_jax.supernet.darts import EDGE_EXECUTIONS
@@ -44,6 +45,7 @@ from nas_jax.utils.metrics import MetricWriter, Progress, atomic_write, read_jso
 from nas_jax.utils.plots import plot_cell, plot_curves
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
+TEMPERATURE_OVER = ("meta_steps", "inner_steps")
 
 
 def metanas_config() -> ml_collections.ConfigDict:
@@ -62,8 +64,15 @@ def metanas_config() -> ml_collections.ConfigDict:
         # How the MetaNAS supernet runs its 14 edges per cell: "scan" (two lax.scans over
         # edges per cell) compiled the 3-cell meta-step program in 98 s vs 505 s "unrolled",
         # at about the same speed per step (1.5 s vs 1.3 s), on 2 CPU cores.
-        edge_execution="scan"))
-    c.temperature = ml_collections.ConfigDict(dict(start=1.0, end=0.1))  # over c.steps
+        edge_execution="scan",
+        depthwise_impl="auto"))  # sep/dil convs' depthwise convs (nas_jax.ops.depthwise_conv2d)
+    # Softmax temperature of the architecture mixture, from `start` to `end` (`mode`:
+    # exponential or linear), annealed `over` the meta-steps (every task adapts at the
+    # current meta-step's temperature) or over each task's inner steps (every adaptation
+    # starts at `start` and ends at `end`; the MetaNAS code anneals within the task).
+    c.temperature = ml_collections.ConfigDict(dict(start=1.0, end=0.1, mode="exponential",
+                                                   over="meta_steps"))
+    c.warmup_steps = 0  # first meta-steps with alpha frozen (weights only; MetaNAS' warm-up)
     c.prune_threshold = 0.01  # the MetaNAS code's threshold
     c.baselines = ("conv4", "random_cell")
     c.steps = 200
@@ -120,9 +129,12 @@ def validate_metanas(config: ml_collections.ConfigDict) -> None:
     if len(set(names)) != len(names):
         raise ConfigError(f"config.baselines={tuple(config.baselines)}: repeats a learner "
                           f"(config.learner.name={config.learner.name!r} runs already)")
-    if config.learner.outer not in metanas.OUTER:
-        raise ConfigError(f"config.learner.outer={config.learner.outer!r}; allowed: "
-                          f"{', '.join(metanas.OUTER)}")
+    for field, allowed in (("learner.outer", metanas.OUTER),
+                           ("learner.edge_execution", EDGE_EXECUTIONS),
+                           ("learner.depthwise_impl", DEPTHWISE_IMPLS),
+                           ("temperature.mode", metanas.TEMPERATURE_MODES),
+                           ("temperature.over", TEMPERATURE_OVER)):
+        check_choice(config, field, allowed)
     for field in ("inner_lr_w", "inner_lr_alpha", "meta_lr_w", "meta_lr_alpha"):
         if not config.learner[field] > 0:
             raise ConfigError(f"config.learner.{field}={config.learner[field]}: must be > 0")
@@ -130,11 +142,11 @@ def validate_metanas(config: ml_collections.ConfigDict) -> None:
     if not 0 < t.end <= t.start:
         raise ConfigError(f"config.temperature: needs 0 < end <= start, got start={t.start}, "
                           f"end={t.end}")
+    if not 0 <= config.warmup_steps <= config.steps:
+        raise ConfigError(f"config.warmup_steps={config.warmup_steps}: must be in [0, "
+                          f"config.steps={config.steps}]")
     if not 0 <= config.prune_threshold < 1:
         raise ConfigError(f"config.prune_threshold={config.prune_threshold}: must be in [0, 1)")
-    if config.learner.edge_execution not in EDGE_EXECUTIONS:
-        raise ConfigError(f"config.learner.edge_execution={config.learner.edge_execution!r}; "
-                          f"allowed: {', '.join(EDGE_EXECUTIONS)}")
     if config.test.inner_steps < 0:
         raise ConfigError(f"config.test.inner_steps={config.test.inner_steps}: must be >= 0 "
                           "(0: config.learner.inner_steps)")
@@ -175,21 +187,45 @@ def build_learner(config, name: str, input_shape) -> tuple[metanas.Learner, meta
         inner_steps=lc.inner_steps, inner_lr_w=lc.inner_lr_w, inner_lr_alpha=lc.inner_lr_alpha,
         outer=lc.outer, meta_lr_w=lc.meta_lr_w, meta_lr_alpha=lc.meta_lr_alpha,
         arch_key=jax.random.fold_in(root, 11),
-        network_options={"edge_execution": lc.edge_execution} if name == "metanas" else None)
+        network_options=_network_options(lc, name))
+
+
+def _network_options(lc, name: str) -> dict | None:
+    if name == "conv4":
+        return None
+    options = {"depthwise_impl": lc.depthwise_impl}
+    if name == "metanas":
+        options["edge_execution"] = lc.edge_execution
+    return options
+
+
+def temperature_schedule(step, *, start: float, end: float, mode: str, over: str,
+                         steps: int, inner_steps: int) -> jax.Array:
+    """The temperature(s) a task adapts at, at meta-step ``step`` (traceable): a scalar
+    annealed over the ``steps`` meta-steps (``over="meta_steps"``), or ``float[inner_steps]``
+    from ``start`` at the first inner step to ``end`` at the last (``over="inner_steps"``,
+    the same at every meta-step)."""
+    if over == "inner_steps":
+        return metanas.temperature(jnp.arange(inner_steps), start=start, end=end,
+                                   steps=max(inner_steps - 1, 1), mode=mode)
+    if over != "meta_steps":
+        raise ValueError(f"over={over!r}; allowed: {', '.join(TEMPERATURE_OVER)}")
+    return metanas.temperature(step, start=start, end=end, steps=steps, mode=mode)
 
 
 @functools.lru_cache(maxsize=8)
-def _chunk_fn(learner, length: int, meta_batch: int, start: float, end: float, steps: int,
+def _chunk_fn(learner, length: int, meta_batch: int, schedule: tuple, warmup_steps: int,
               fast_compile: bool):
-    """Jitted ``length`` meta-steps; episodes are drawn inside from ``fold_in(key, step)``."""
+    """Jitted ``length`` meta-steps; episodes are drawn inside from ``fold_in(key, step)``.
+    ``schedule``: ``temperature_schedule``'s keyword arguments, as sorted items."""
 
     def chunk(state, key, sampler):
         def body(s, _):
             k = jax.random.fold_in(key, s.step)
             episodes = sampler.sample_batch(jax.random.fold_in(k, 0), meta_batch)
-            temp = metanas.temperature(s.step, start=start, end=end, steps=steps)
+            temp = temperature_schedule(s.step, **dict(schedule))
             s, metrics = metanas.meta_step(learner, jax.random.fold_in(k, 1), s, episodes,
-                                           temp)
+                                           temp, arch_frozen=s.step < warmup_steps)
             return s, metrics
 
         state, metrics = jax.lax.scan(body, state, None, length=length)
@@ -199,15 +235,23 @@ def _chunk_fn(learner, length: int, meta_batch: int, start: float, end: float, s
                    compiler_options=FAST_COMPILE if fast_compile else None)
 
 
-def _temperature_at(config, step: int) -> float:
+def _schedule_items(config, inner_steps: int | None = None) -> tuple:
     t = config.temperature
-    return float(metanas.temperature(step, start=t.start, end=t.end, steps=config.steps))
+    return tuple(sorted(dict(start=float(t.start), end=float(t.end), mode=t.mode, over=t.over,
+                             steps=config.steps,
+                             inner_steps=inner_steps or config.learner.inner_steps).items()))
+
+
+def _temperature_at(config, step: int, inner_steps: int | None = None):
+    """The temperature (scalar, or one per inner step) of an adaptation at ``step``."""
+    return np.asarray(temperature_schedule(step, **dict(_schedule_items(config, inner_steps))))
 
 
 def _score(config, learner, state, sampler, key, episodes: int, step: int) -> dict:
     return metanas.evaluate(learner, key, state, sampler, episodes=episodes,
                             chunk=min(config.test.chunk, episodes),
-                            temperature=_temperature_at(config, step),
+                            temperature=_temperature_at(config, step,
+                                                        config.test.inner_steps or None),
                             threshold=config.prune_threshold,
                             inner_steps=config.test.inner_steps or None)
 
@@ -239,9 +283,8 @@ def train_learner(config, name: str, samplers, input_shape, workdir: str) -> dic
         writer.truncate_after(start)
         print(f"{name}: resuming meta-training from step {start}", file=sys.stderr, flush=True)
     root = jax.random.key(config.seed)
-    t = config.temperature
-    chunk = _chunk_fn(learner, config.log_every, config.episodes.meta_batch, float(t.start),
-                      float(t.end), config.steps, config.fast_compile)
+    chunk = _chunk_fn(learner, config.log_every, config.episodes.meta_batch,
+                      _schedule_items(config), config.warmup_steps, config.fast_compile)
     progress = Progress(config.steps, start=start, name=name,
                         interval_s=config.runtime.progress_interval_s)
     seconds, t0, step = float(meta.get("seconds", 0.0)), time.perf_counter(), start
@@ -253,7 +296,7 @@ def train_learner(config, name: str, samplers, input_shape, workdir: str) -> dic
             scored = _score(config, learner, state, valid, jax.random.fold_in(root, 2),
                             config.valid.episodes, step)
             values.update(valid_accuracy=scored["accuracy"], valid_ci95=scored["ci95"])
-        values["temperature"] = _temperature_at(config, step)
+        values["temperature"] = float(np.ravel(_temperature_at(config, step))[-1])
         writer.write(step, values)
         progress.update(step, values)
         if step % config.checkpoint_every == 0 or step >= config.steps:
@@ -280,7 +323,7 @@ def _architectures(config, learner, state, scored, out: str) -> dict:
     """The cells MetaNAS adapted to the meta-test tasks: how much they differ, and diagrams
     of the meta-learned cell and of the first few tasks' pruned cells."""
     space = learner.space
-    temp = _temperature_at(config, int(state.step))
+    temp = float(np.ravel(_temperature_at(config, int(state.step)))[-1])  # the last one
     alphas = np.asarray(scored["alphas"])
     genotypes = np.stack([np.asarray(metanas.genotype(learner, a)) for a in alphas])
     n = len(genotypes)

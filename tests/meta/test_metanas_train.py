@@ -1,5 +1,6 @@
-"""The MetaNAS experiment runner end to end on a generated few-shot dataset (Conv-4 learners:
-the DARTS supernet compiles in minutes on CPU): outputs, exact resume, config errors."""
+"""The MetaNAS experiment runner end to end on a generated few-shot dataset: outputs, exact
+resume and config errors with Conv-4 (the fastest learner), and one short MetaNAS run (warm-up,
+in-task temperature anneal, the adapted cells)."""
 
 import json
 
@@ -9,7 +10,12 @@ import pytest
 
 from nas_jax.config import ConfigError
 from nas_jax.data.datasets import FewShotSplits, Split
-from nas_jax.meta.metanas_train import metanas_config, run_metanas, validate_metanas
+from nas_jax.meta.metanas_train import (
+    metanas_config,
+    run_metanas,
+    temperature_schedule,
+    validate_metanas,
+)
 from nas_jax.utils.metrics import read_jsonl
 
 
@@ -121,6 +127,11 @@ def test_changed_config_is_refused_on_resume(finished):
     (dict(steps=5), r"config.steps=5: must be a multiple of config.log_every=2"),
     (dict(temperature__end=2.0), r"config.temperature: needs 0 < end <= start"),
     (dict(prune_threshold=1.0), r"config.prune_threshold=1.0"),
+    (dict(temperature__over="epochs"), r"config.temperature.over='epochs'"),
+    (dict(temperature__mode="cosine"), r"config.temperature.mode='cosine'"),
+    (dict(warmup_steps=5), r"config.warmup_steps=5: must be in \[0, config.steps=4\]"),
+    (dict(learner__edge_execution="vmap"), r"config.learner.edge_execution='vmap'"),
+    (dict(learner__depthwise_impl="fft"), r"config.learner.depthwise_impl='fft'"),
     (dict(dataset__name="cifar10"), r"config.dataset.name='cifar10'"),
 ])
 def test_config_errors_name_the_field(change, message):
@@ -141,3 +152,44 @@ def test_shipped_configs_validate(name, arg):
     config = importlib.import_module(f"configs.{name}").get_config(arg)
     validate_metanas(config)
     assert config.episodes.shots == int(arg or 1)
+
+
+def test_temperature_schedule_over_meta_or_inner_steps():
+    kw = dict(start=1.0, end=0.1, mode="linear", steps=10, inner_steps=4)
+    np.testing.assert_allclose(temperature_schedule(5, over="meta_steps", **kw), 0.55)
+    np.testing.assert_allclose(temperature_schedule(5, over="inner_steps", **kw),
+                               [1.0, 0.7, 0.4, 0.1], rtol=1e-6)
+    kw["mode"] = "exponential"
+    np.testing.assert_allclose(temperature_schedule(10, over="meta_steps", **kw), 0.1,
+                               rtol=1e-6)
+    np.testing.assert_allclose(temperature_schedule(3, over="inner_steps", **kw),
+                               [1.0, 0.1 ** (1 / 3), 0.1 ** (2 / 3), 0.1], rtol=1e-6)
+
+
+def test_metanas_run_with_warmup_and_in_task_anneal(tmp_path):
+    """A MetaNAS learner through the runner: alpha stays at its initialisation during the
+    warm-up meta-steps and moves after; the outputs name the adapted cells and draw them."""
+    from nas_jax.meta.metanas_train import build_learner
+    from nas_jax.utils.checkpoint import Checkpointer
+
+    config = _config(learner__name="metanas", learner__channels=2, learner__num_cells=1,
+                     learner__depthwise_impl="xla", warmup_steps=2,
+                     temperature__over="inner_steps", test__cells_to_plot=1)
+    summary = run_metanas(config, str(tmp_path), splits=_splits())
+    result = summary["learners"]["metanas"]
+    assert result["steps"] == 4 and 1 <= result["unique_task_genotypes"] <= 6
+    assert len(result["task_genotypes_shown"]) == 1
+    for name in ("meta_normal", "meta_reduce", "task0_normal", "task0_reduce"):
+        with open(tmp_path / "metanas" / "cells" / f"{name}.png", "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    rows = read_jsonl(tmp_path / "metanas" / "metrics.jsonl")
+    assert [r["temperature"] for r in rows] == pytest.approx([0.1, 0.1])  # the last inner step
+    _, initial = build_learner(config, "metanas", (8, 8, 1))
+    ckpt = Checkpointer(str(tmp_path / "metanas" / "checkpoints"), max_to_keep=2)
+    after_warmup = ckpt.restore(initial, 2)
+    final = ckpt.restore(initial, 4)
+    ckpt.close()
+    np.testing.assert_array_equal(after_warmup.alpha, initial.alpha)
+    assert not np.allclose(final.alpha, initial.alpha)
+    assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(after_warmup.params),
+                                                     jax.tree.leaves(initial.params)))
