@@ -296,15 +296,16 @@ def _mean(tree):
 
 @functools.partial(jax.jit, static_argnums=0)
 def meta_step(learner: Learner, key: jax.Array, state: MetaState, episodes: Episode,
-              temperature, arch_frozen=False) -> tuple[MetaState, dict]:
+              temperature, arch_frozen=False, meta_lr_scale=1.0) -> tuple[MetaState, dict]:
     """One meta-iteration over a meta-batch (``episodes`` with a leading task axis).
 
     Reptile: ``w <- w + meta_lr_w * (mean_t w_t - w)``, the same for alpha with
     ``meta_lr_alpha``. fomaml: the query-loss gradient at each task's adapted
     ``(w_t, alpha_t)`` (at the last inner temperature), averaged over tasks, through an
     outer Adam. BN statistics become the tasks' mean. ``arch_frozen``: no alpha updates
-    (warm-up). Metrics: mean support loss before and after adaptation, mean query loss and
-    accuracy of the adapted, unpruned network.
+    (warm-up). ``meta_lr_scale`` (traceable) multiplies both meta learning rates (Reptile
+    anneals it linearly to 0 over meta-training). Metrics: mean support loss before and
+    after adaptation, mean query loss and accuracy of the adapted, unpruned network.
     """
     n_tasks = episodes.support_x.shape[0]
     t_last = _schedule(temperature, learner.inner_steps)[-1]
@@ -330,17 +331,19 @@ def meta_step(learner: Learner, key: jax.Array, state: MetaState, episodes: Epis
         keys, episodes.support_x, episodes.support_y, episodes.query_x, episodes.query_y)
     keep = 1.0 - jnp.asarray(arch_frozen, jnp.float32)
     if learner.outer == "reptile":
-        params = jax.tree.map(lambda w, wt: w + learner.meta_lr_w * (jnp.mean(wt, 0) - w),
-                              state.params, p_t)
-        alpha = state.alpha + learner.meta_lr_alpha * (jnp.mean(a_t, 0) - state.alpha)
+        lr_w = meta_lr_scale * learner.meta_lr_w
+        params = jax.tree.map(lambda w, wt: w + lr_w * (jnp.mean(wt, 0) - w), state.params, p_t)
+        alpha = state.alpha + meta_lr_scale * learner.meta_lr_alpha * (jnp.mean(a_t, 0)
+                                                                         - state.alpha)
         outer_opt = state.outer_opt
     else:
         g_w, g_a = _mean(grads)
         tx_w, tx_a = _outer_optimizers(learner)
         u_w, o_w = tx_w.update(g_w, state.outer_opt[0], state.params)
         u_a, o_a = tx_a.update(g_a, state.outer_opt[1], state.alpha)
-        params = optax.apply_updates(state.params, u_w)
-        alpha = state.alpha + keep * u_a
+        params = optax.apply_updates(state.params,
+                                     jax.tree.map(lambda u: meta_lr_scale * u, u_w))
+        alpha = state.alpha + keep * meta_lr_scale * u_a
         outer_opt = (o_w, o_a)
     new_state = state.replace(params=params, rest=_mean(r_t), alpha=alpha, outer_opt=outer_opt,
                               step=state.step + 1)

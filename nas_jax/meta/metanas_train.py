@@ -46,6 +46,7 @@ from nas_jax.utils.plots import plot_cell, plot_curves
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 TEMPERATURE_OVER = ("meta_steps", "inner_steps")
+META_LR_SCHEDULES = ("constant", "linear")
 
 
 def metanas_config() -> ml_collections.ConfigDict:
@@ -65,7 +66,10 @@ def metanas_config() -> ml_collections.ConfigDict:
         # edges per cell) compiled the 3-cell meta-step program in 98 s vs 505 s "unrolled",
         # at about the same speed per step (1.5 s vs 1.3 s), on 2 CPU cores.
         edge_execution="scan",
-        depthwise_impl="auto"))  # sep/dil convs' depthwise convs (nas_jax.ops.depthwise_conv2d)
+        depthwise_impl="auto",  # sep/dil convs' depthwise convs (ops.depthwise_conv2d)
+        # Meta learning rates held "constant", or annealed "linear"ly to 0 over c.steps
+        # (Reptile's schedule).
+        meta_lr_schedule="constant"))
     # Softmax temperature of the architecture mixture, from `start` to `end` (`mode`:
     # exponential or linear), annealed `over` the meta-steps (every task adapts at the
     # current meta-step's temperature) or over each task's inner steps (every adaptation
@@ -132,6 +136,7 @@ def validate_metanas(config: ml_collections.ConfigDict) -> None:
     for field, allowed in (("learner.outer", metanas.OUTER),
                            ("learner.edge_execution", EDGE_EXECUTIONS),
                            ("learner.depthwise_impl", DEPTHWISE_IMPLS),
+                           ("learner.meta_lr_schedule", META_LR_SCHEDULES),
                            ("temperature.mode", metanas.TEMPERATURE_MODES),
                            ("temperature.over", TEMPERATURE_OVER)):
         check_choice(config, field, allowed)
@@ -215,7 +220,7 @@ def temperature_schedule(step, *, start: float, end: float, mode: str, over: str
 
 @functools.lru_cache(maxsize=8)
 def _chunk_fn(learner, length: int, meta_batch: int, schedule: tuple, warmup_steps: int,
-              fast_compile: bool):
+              anneal_meta_lr: bool, fast_compile: bool):
     """Jitted ``length`` meta-steps; episodes are drawn inside from ``fold_in(key, step)``.
     ``schedule``: ``temperature_schedule``'s keyword arguments, as sorted items."""
 
@@ -223,9 +228,12 @@ def _chunk_fn(learner, length: int, meta_batch: int, schedule: tuple, warmup_ste
         def body(s, _):
             k = jax.random.fold_in(key, s.step)
             episodes = sampler.sample_batch(jax.random.fold_in(k, 0), meta_batch)
-            temp = temperature_schedule(s.step, **dict(schedule))
+            items = dict(schedule)
+            temp = temperature_schedule(s.step, **items)
+            scale = 1.0 - s.step / items["steps"] if anneal_meta_lr else 1.0
             s, metrics = metanas.meta_step(learner, jax.random.fold_in(k, 1), s, episodes,
-                                           temp, arch_frozen=s.step < warmup_steps)
+                                           temp, arch_frozen=s.step < warmup_steps,
+                                           meta_lr_scale=scale)
             return s, metrics
 
         state, metrics = jax.lax.scan(body, state, None, length=length)
@@ -284,7 +292,8 @@ def train_learner(config, name: str, samplers, input_shape, workdir: str) -> dic
         print(f"{name}: resuming meta-training from step {start}", file=sys.stderr, flush=True)
     root = jax.random.key(config.seed)
     chunk = _chunk_fn(learner, config.log_every, config.episodes.meta_batch,
-                      _schedule_items(config), config.warmup_steps, config.fast_compile)
+                      _schedule_items(config), config.warmup_steps,
+                      config.learner.meta_lr_schedule == "linear", config.fast_compile)
     progress = Progress(config.steps, start=start, name=name,
                         interval_s=config.runtime.progress_interval_s)
     seconds, t0, step = float(meta.get("seconds", 0.0)), time.perf_counter(), start

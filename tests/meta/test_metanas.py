@@ -129,6 +129,16 @@ def conv4_fomaml():
     return learner, runs
 
 
+def test_meta_lr_scale_scales_the_reptile_step(conv4_reptile):
+    """Reptile's annealed meta step: ``meta_lr_scale`` multiplies the meta learning rate."""
+    learner, state, (full, _, _), _ = conv4_reptile
+    half, _ = jax.jit(M.meta_step, static_argnums=0, compiler_options=FAST)(
+        learner, jax.random.key(3), state, EPISODES, TEMPS, meta_lr_scale=0.5)
+    want = jax.tree.map(lambda w, f: w + 0.5 * (f - w), state.params, full.params)
+    assert _close(half.params, want, atol=1e-6)
+    assert not _close(half.params, full.params, atol=1e-4)
+
+
 def test_fomaml_outer_gradient_is_mean_query_gradient(conv4_fomaml):
     learner, runs = conv4_fomaml
     adam = optax.adam(learner.meta_lr_w)

@@ -132,6 +132,7 @@ def test_changed_config_is_refused_on_resume(finished):
     (dict(warmup_steps=5), r"config.warmup_steps=5: must be in \[0, config.steps=4\]"),
     (dict(learner__edge_execution="vmap"), r"config.learner.edge_execution='vmap'"),
     (dict(learner__depthwise_impl="fft"), r"config.learner.depthwise_impl='fft'"),
+    (dict(learner__meta_lr_schedule="cosine"), r"config.learner.meta_lr_schedule='cosine'"),
     (dict(dataset__name="cifar10"), r"config.dataset.name='cifar10'"),
 ])
 def test_config_errors_name_the_field(change, message):
@@ -167,13 +168,15 @@ def test_temperature_schedule_over_meta_or_inner_steps():
 
 
 def test_metanas_run_with_warmup_and_in_task_anneal(tmp_path):
-    """A MetaNAS learner through the runner: alpha stays at its initialisation during the
-    warm-up meta-steps and moves after; the outputs name the adapted cells and draw them."""
+    """A MetaNAS learner through the runner (Reptile's annealed meta step): alpha stays at its
+    initialisation during the warm-up meta-steps and moves after; the outputs name the
+    adapted cells and draw them."""
     from nas_jax.meta.metanas_train import build_learner
     from nas_jax.utils.checkpoint import Checkpointer
 
     config = _config(learner__name="metanas", learner__channels=2, learner__num_cells=1,
-                     learner__depthwise_impl="xla", warmup_steps=2,
+                     learner__depthwise_impl="xla", learner__meta_lr_schedule="linear",
+                     warmup_steps=2,
                      temperature__over="inner_steps", test__cells_to_plot=1)
     summary = run_metanas(config, str(tmp_path), splits=_splits())
     result = summary["learners"]["metanas"]
