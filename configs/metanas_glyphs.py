@@ -11,14 +11,15 @@ meta-trained on the same episodes and scored on the same 600 meta-test episodes
         --workdir=/tmp/metanas_5shot
 
 The config argument is the number of shots (default 1). This default is sized to finish in
-about 15 minutes on 2 CPU cores, far smaller than the paper: 3 cells of 4 channels (the
-paper's 4 cells / 28 channels are in ``configs/metanas_omniglot.py``), 3 inner steps,
-meta-batch 2, 80 meta-steps and 100 meta-test episodes, because the DARTS supernet runs at
-~0.1 s per tiny forward+backward on XLA:CPU and compiles in minutes; see docs/results.md for
-measured times. The T-NAS protocol's 600 episodes and a longer run:
+under 15 minutes on 2 CPU cores (1-shot: 12:40 measured from a cold compilation cache), far
+smaller than the paper: 3 cells of 4 channels (the paper's 4 cells / 28 channels are in
+``configs/metanas_omniglot.py``), 3 inner steps, meta-batch 2, 80 meta-steps and 100 meta-test
+episodes; the supernet runs its edges as scans (``learner.edge_execution``), which compiles
+~5x faster on CPU. At this length nothing architectural is learned yet (see
+docs/results.md). The T-NAS protocol's 600 episodes and a longer run:
 ``--config.test.episodes=600 --config.steps=2000 --config.episodes.meta_batch=5``. Inner
-loop and Reptile settings otherwise follow the MetaNAS code (Adam betas (0, 0.999), lr 1e-3;
-meta learning rates 1.0 for the weights, 0.6 for alpha).
+Adam betas (0, 0.999) and the alpha learning rate 1e-3 follow the MetaNAS code, as do the
+meta learning rates (1.0 for the weights, 0.6 for alpha); the weights adapt at 1e-2.
 """
 
 from nas_jax.meta.metanas_train import metanas_config

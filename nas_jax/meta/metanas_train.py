@@ -10,7 +10,8 @@ K-shot, as mean accuracy +- 95% confidence interval (the T-NAS protocol: 600 epi
 Meta-validation episodes come from meta-train classes held out of meta-training, so the
 meta-test classes are touched only by the final score. The summary goes to
 ``workdir/results.json``, the learning curves to ``workdir/curves.png``, and the cells that
-MetaNAS adapts to a few meta-test tasks to ``workdir/cells/*.png``.
+MetaNAS adapts to a few meta-test tasks (derived genotypes) to
+``workdir/metanas/cells/*.png``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from nas_jax.meta import metanas
 from nas_jax.ops import DEPTHWISE_IMPLS
 from nas_jax.runner import check_same_run, setup_runtime
 from nas_jax.spaces.darts import CELLS, PRIMITIVES, DartsSpace
-from nas_jax.supernet.darts import EDGE_EXECUTIONS
+from nas_jax.supernet.darts import EDGE_EXECUTIONS, edge_weights
 from nas_jax.utils.checkpoint import Checkpointer
 from nas_jax.utils.metrics import MetricWriter, Progress, atomic_write, read_jsonl
 from nas_jax.utils.plots import plot_cell, plot_curves
@@ -344,19 +345,25 @@ def _architectures(config, learner, state, scored, out: str) -> dict:
     meta_genotype = np.asarray(metanas.genotype(learner, state.alpha))
     differs = np.mean(genotypes != meta_genotype[None], axis=1)
     cells_dir = os.path.join(out, "cells")
-    to_plot = [("meta", np.asarray(state.alpha))] + [
-        (f"task{i}", alphas[i]) for i in range(min(config.test.cells_to_plot, n))]
-    for label, alpha in to_plot:
-        pruned = np.asarray(metanas.prune(jnp.asarray(alpha), temp, config.prune_threshold))
+    # The derived discrete cells are drawn: the pruned mixture itself can keep every op of
+    # every edge (a near-uniform alpha), which makes an unreadable diagram.
+    to_plot = [("meta", meta_genotype)] + [
+        (f"task{i}", genotypes[i]) for i in range(min(config.test.cells_to_plot, n))]
+    for label, arch in to_plot:
+        weights = np.asarray(edge_weights(space, space.one_hot(jnp.asarray(arch))))
         for c, cell in enumerate(CELLS):
             what = "meta-learned" if label == "meta" else f"meta-test {label}, adapted"
-            plot_cell(os.path.join(cells_dir, f"{label}_{cell}.png"), pruned[c], PRIMITIVES,
-                      f"MetaNAS {cell} cell ({what}, pruned at {config.prune_threshold})")
+            plot_cell(os.path.join(cells_dir, f"{label}_{cell}.png"), weights[c], PRIMITIVES,
+                      f"MetaNAS {cell} cell ({what}; derived genotype)")
+    strongest = np.asarray(jax.nn.softmax(jnp.asarray(alphas) / temp, -1)).max(-1)  # [n, 2, 14]
     return {
         "meta_genotype": space.to_string(meta_genotype),
         "unique_task_genotypes": int(len({tuple(g) for g in genotypes})),
         "mean_pairwise_decision_difference": float(np.mean(distance)) if distance else 0.0,
         "mean_difference_from_meta_genotype": float(np.mean(differs)),
+        # How decided the adapted mixtures are: the mean over tasks and edges of the largest
+        # op weight of softmax(alpha / T) at the last temperature (1/8: uniform, 1: one-hot).
+        "mean_strongest_op_weight": float(np.mean(strongest)),
         "task_genotypes_shown": [space.to_string(g) for g in
                                  genotypes[:config.test.cells_to_plot]],
     }

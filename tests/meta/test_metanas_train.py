@@ -181,6 +181,7 @@ def test_metanas_run_with_warmup_and_in_task_anneal(tmp_path):
     summary = run_metanas(config, str(tmp_path), splits=_splits())
     result = summary["learners"]["metanas"]
     assert result["steps"] == 4 and 1 <= result["unique_task_genotypes"] <= 6
+    assert 1 / 8 <= result["mean_strongest_op_weight"] <= 1
     assert len(result["task_genotypes_shown"]) == 1
     for name in ("meta_normal", "meta_reduce", "task0_normal", "task0_reduce"):
         with open(tmp_path / "metanas" / "cells" / f"{name}.png", "rb") as f:
