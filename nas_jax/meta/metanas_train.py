@@ -319,7 +319,8 @@ def train_learner(config, name: str, samplers, input_shape, workdir: str) -> dic
     result = {"learner": name, "steps": step, "accuracy": scored["accuracy"],
               "ci95": scored["ci95"], "episodes": config.test.episodes,
               "num_params": metanas.num_params(learner, state),
-              "train_seconds": seconds + time.perf_counter() - t0}
+              "train_seconds": seconds + time.perf_counter() - t0,
+              "episode_accuracies": [float(a) for a in scored["accuracies"]]}
     if name == "metanas":
         result.update(_architectures(config, learner, state, scored, out))
     elif name == "random_cell":
@@ -369,6 +370,17 @@ def _architectures(config, learner, state, scored, out: str) -> dict:
     }
 
 
+def paired_difference(a, b) -> dict:
+    """Mean and 95% CI (1.96 standard errors) of the per-episode differences ``a - b`` of two
+    learners scored on the same episodes."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 1 or a.shape != b.shape or len(a) < 1:
+        raise ValueError(f"paired_difference needs two equal-length 1-D accuracy lists, got "
+                         f"{a.shape} and {b.shape}")
+    d = a - b
+    return {"mean": float(d.mean()), "ci95": float(1.96 * d.std() / np.sqrt(len(d)))}
+
+
 def run_metanas(config: ml_collections.ConfigDict, workdir: str,
                 splits: FewShotSplits | None = None) -> dict:
     """Meta-train and score MetaNAS and its baselines in ``workdir``; returns the summary.
@@ -397,8 +409,14 @@ def run_metanas(config: ml_collections.ConfigDict, workdir: str,
                 ylabel=f"meta-validation accuracy (+- 95% CI, {config.valid.episodes} episodes)",
                 title=f"{config.dataset.name}: {config.episodes.ways}-way "
                       f"{config.episodes.shots}-shot")
+    first = config.learner.name
     summary = {"dataset": config.dataset.name, "ways": config.episodes.ways,
-               "shots": config.episodes.shots, "learners": results}
+               "shots": config.episodes.shots, "learners": results,
+               # Every learner is scored on the same episodes: the paired difference is the
+               # sharper comparison (its CI excludes the variation between episodes).
+               f"{first}_minus": {name: paired_difference(results[first]["episode_accuracies"],
+                                                          results[name]["episode_accuracies"])
+                                  for name in results if name != first}}
     text = json.dumps(summary, indent=2, sort_keys=True)
     atomic_write(os.path.join(workdir, "results.json"), lambda f: f.write(text + "\n"))
     return summary

@@ -12,6 +12,7 @@ from nas_jax.config import ConfigError
 from nas_jax.data.datasets import FewShotSplits, Split
 from nas_jax.meta.metanas_train import (
     metanas_config,
+    paired_difference,
     run_metanas,
     temperature_schedule,
     validate_metanas,
@@ -74,6 +75,9 @@ def test_outputs(finished):
     # 3-way 2-query episodes: each episode's accuracy is a multiple of 1/6.
     assert abs(result["accuracy"] * 36 - round(result["accuracy"] * 36)) < 1e-6
     assert result["num_params"] > 0
+    assert len(result["episode_accuracies"]) == 6
+    assert np.mean(result["episode_accuracies"]) == pytest.approx(result["accuracy"])
+    assert summary["conv4_minus"] == {}  # no baselines in this run
     rows = read_jsonl(workdir / "conv4" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [2, 4]
     assert all(r["valid_accuracy"] is not None and np.isfinite(r["query_loss"]) for r in rows)
@@ -197,3 +201,12 @@ def test_metanas_run_with_warmup_and_in_task_anneal(tmp_path):
     assert not np.allclose(final.alpha, initial.alpha)
     assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(after_warmup.params),
                                                      jax.tree.leaves(initial.params)))
+
+
+def test_paired_difference():
+    got = paired_difference([0.6, 0.8, 0.4, 1.0], [0.4, 0.8, 0.2, 0.6])
+    d = np.array([0.2, 0.0, 0.2, 0.4])
+    assert got["mean"] == pytest.approx(0.2)
+    assert got["ci95"] == pytest.approx(1.96 * d.std() / 2)
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_difference([0.5, 0.5], [0.5])
