@@ -7,6 +7,8 @@
 - Process-wide JAX flags a test changes (runs call ``runner.setup_runtime``, which sets the
   PRNG implementation from their config) are restored after it, so results never depend on
   which tests ran before in the same worker process.
+- Tests marked ``@pytest.mark.slow`` (each compiles a MetaNAS supernet program: ~30-60 s on 2
+  cores) run only with ``NAS_JAX_SLOW_TESTS=1``, which keeps the suite under 10 minutes there.
 """
 
 import os
@@ -25,3 +27,17 @@ def restore_prng_flag():
     partitionable = jax.config.jax_threefry_partitionable
     yield
     jax.config.update("jax_threefry_partitionable", partitionable)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: compiles a large program; runs only with "
+                            "NAS_JAX_SLOW_TESTS=1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("NAS_JAX_SLOW_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow on 2 CPU cores; set NAS_JAX_SLOW_TESTS=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -7,6 +7,7 @@ import pytest
 from nas_jax.meta.metanas_benchmark import metanas_benchmark_config, run_metanas_benchmark
 
 
+@pytest.mark.slow
 def test_times_each_variant_and_writes_json(tmp_path):
     c = metanas_benchmark_config()
     c.channels, c.num_cells, c.input_shape = 2, 1, (8, 8, 1)

@@ -171,6 +171,7 @@ def test_temperature_schedule_over_meta_or_inner_steps():
                                [1.0, 0.1 ** (1 / 3), 0.1 ** (2 / 3), 0.1], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_metanas_run_with_warmup_and_in_task_anneal(tmp_path):
     """A MetaNAS learner through the runner (Reptile's annealed meta step): alpha stays at its
     initialisation during the warm-up meta-steps and moves after; the outputs name the
