@@ -301,6 +301,13 @@ def vmapped_train_call():
     """The 3-cell supernet in train mode, vmapped over per-decision weights: the one-hot
     architectures, a soft mixture, and the same mixture with extra weight on `none`."""
     graphdef, state = random_state()
+    return (state, *_vmapped_train_call(graphdef, state))
+
+
+def _vmapped_train_call(graphdef, state):
+    """Logits and BN statistics of the network ``graphdef`` in train mode from ``state``,
+    vmapped over the one-hot architectures, a soft mixture and that mixture with extra
+    weight on `none`."""
 
     def call(w):
         model = nnx.merge(graphdef, state, copy=True)
@@ -310,8 +317,7 @@ def vmapped_train_call():
     more_none = soft.copy()
     more_none[np.asarray(OP_POSITIONS), 0] += 5.0
     w = jnp.stack([SPACE.one_hot(jnp.asarray(a)) for a in ARCHS.values()] + [soft, more_none])
-    logits, stats = jax.jit(jax.vmap(call), compiler_options=FAST_COMPILE)(w)
-    return state, logits, stats
+    return jax.jit(jax.vmap(call), compiler_options=FAST_COMPILE)(w)
 
 
 @pytest.mark.parametrize("index", range(len(ARCHS)))
@@ -433,16 +439,7 @@ def test_scanned_edges_equal_unrolled_edges(vmapped_train_call):
     state, logits, stats = vmapped_train_call
     graphdef, scanned_state = abstract(edge_execution="scan")
     assert jax.tree.structure(scanned_state) == jax.tree.structure(state)
-
-    def call(w):
-        model = nnx.merge(graphdef, state, copy=True)
-        return model(X, w, train=True), nnx.state(model, nnx.BatchStat)
-
-    soft = soft_decision_weights(np.random.default_rng(4))
-    more_none = soft.copy()
-    more_none[np.asarray(OP_POSITIONS), 0] += 5.0
-    w = jnp.stack([SPACE.one_hot(jnp.asarray(a)) for a in ARCHS.values()] + [soft, more_none])
-    s_logits, s_stats = jax.jit(jax.vmap(call), compiler_options=FAST_COMPILE)(w)
+    s_logits, s_stats = _vmapped_train_call(graphdef, state)
     np.testing.assert_allclose(s_logits, logits, rtol=1e-5, atol=1e-5)
     assert_same_stats(s_stats, stats)
     with pytest.raises(ValueError, match="edge_execution='scan' is for the supernet"):
