@@ -265,11 +265,6 @@ def _score(config, learner, state, sampler, key, episodes: int, step: int) -> di
                             inner_steps=config.test.inner_steps or None)
 
 
-def _saveable(state: metanas.MetaState) -> metanas.MetaState:
-    """The state without the baselines' empty alpha (orbax cannot save zero-size arrays)."""
-    return state.replace(alpha=None) if state.alpha.size == 0 else state
-
-
 def train_learner(config, name: str, samplers, input_shape, workdir: str) -> dict:
     """Meta-train (or resume) one learner in ``workdir/name``; returns its result dict."""
     out = os.path.join(workdir, name)
@@ -287,8 +282,7 @@ def train_learner(config, name: str, samplers, input_shape, workdir: str) -> dic
     start = ckpt.latest_step() or 0
     meta = {}
     if start:
-        saved, meta = ckpt.restore(_saveable(state), start, with_meta=True)
-        state = saved.replace(alpha=state.alpha) if saved.alpha is None else saved
+        state, meta = ckpt.restore(state, start, with_meta=True)
         writer.truncate_after(start)
         print(f"{name}: resuming meta-training from step {start}", file=sys.stderr, flush=True)
     root = jax.random.key(config.seed)
@@ -311,7 +305,7 @@ def train_learner(config, name: str, samplers, input_shape, workdir: str) -> dic
         progress.update(step, values)
         if step % config.checkpoint_every == 0 or step >= config.steps:
             elapsed = seconds + time.perf_counter() - t0
-            ckpt.save(step, _saveable(state), meta={"seconds": elapsed}, force=True)
+            ckpt.save(step, state, meta={"seconds": elapsed}, force=True)
     ckpt.close()
     writer.close()
     scored = _score(config, learner, state, test, jax.random.fold_in(root, 3),

@@ -39,13 +39,28 @@ def _abstract_leaf(x: Any) -> Any:
     return x
 
 
+def _empty(x: Any) -> bool:
+    """A zero-size array leaf: orbax cannot write one, so it is stored as nothing."""
+    return isinstance(x, (jax.Array, np.ndarray, jax.ShapeDtypeStruct)) and x.size == 0
+
+
+def _storable(tree: Any) -> Any:
+    """`tree` with its zero-size array leaves replaced by None (an empty subtree)."""
+    return jax.tree.map(lambda x: None if _empty(x) else x, tree)
+
+
 def abstract_tree(like: Any) -> Any:
-    """Returns the restore target for a pytree `like` (same structure, leaves made abstract)."""
-    return jax.tree.map(_abstract_leaf, like)
+    """Returns the restore target for a pytree `like` (same structure, leaves made abstract;
+    zero-size leaves, which are not stored, as None)."""
+    return jax.tree.map(lambda x: None if _empty(x) else _abstract_leaf(x), like)
 
 
 def _restore_leaf_type(like: Any, restored: Any) -> Any:
-    """Turns 0-d arrays restored for numpy-scalar leaves back into numpy scalars."""
+    """Turns 0-d arrays restored for numpy-scalar leaves back into numpy scalars, and rebuilds
+    zero-size leaves (not stored) from `like`."""
+    if _empty(like):
+        return np.zeros(like.shape, like.dtype) if isinstance(like, np.ndarray) else \
+            jax.numpy.zeros(like.shape, like.dtype)
     if isinstance(like, np.generic):
         return np.asarray(restored, dtype=like.dtype)[()]
     return restored
@@ -118,7 +133,7 @@ class Checkpointer:
             return False
         args = ocp.args.Composite(
             **{
-                _STATE: ocp.args.StandardSave(tree),
+                _STATE: ocp.args.StandardSave(_storable(tree)),
                 _META: ocp.args.JsonSave(_jsonable(dict(meta or {}))),
             }
         )
