@@ -7,6 +7,9 @@
 - Process-wide JAX flags a test changes (runs call ``runner.setup_runtime``, which sets the
   PRNG implementation from their config) are restored after it, so results never depend on
   which tests ran before in the same worker process.
+- Test files run on the xdist workers in the order collected (``--dist loadfile``), so the
+  files that take longest are moved to the front (``LONGEST_FIRST``, from ``--durations``
+  on 2 cores): started last, one of them would run alone on one worker at the end.
 - Tests marked ``@pytest.mark.slow`` (each compiles a MetaNAS supernet program: ~30-60 s on 2
   cores) run only with ``NAS_JAX_SLOW_TESTS=1``, which keeps the suite under 10 minutes there.
 """
@@ -34,7 +37,28 @@ def pytest_configure(config):
                             "NAS_JAX_SLOW_TESTS=1")
 
 
+# Files whose tests (fixtures included) take longest, longest first.
+LONGEST_FIRST = (
+    "tests/test_runner.py",
+    "tests/supernet/test_darts_network.py",
+    "tests/evaluators/test_executors.py",
+    "tests/evaluators/test_population.py",
+    "tests/utils/test_sharding.py",
+    "tests/strategies/test_evolution.py",
+    "tests/test_gradient_search.py",
+    "tests/strategies/test_compare.py",
+    "tests/meta/test_meta_test.py",
+    "tests/meta/test_controller.py",
+)
+
+
+def _rank(item) -> int:
+    path = item.nodeid.split("::")[0]
+    return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=_rank)  # stable: the rest keep their collected order
     if os.environ.get("NAS_JAX_SLOW_TESTS") == "1":
         return
     skip = pytest.mark.skip(reason="slow on 2 CPU cores; set NAS_JAX_SLOW_TESTS=1 to run it")

@@ -79,6 +79,8 @@ def validate_build(config: ml_collections.ConfigDict) -> None:
     search = search_config()
     search.seed, search.dataset, search.space, search.evaluator = (
         config.seed, config.dataset, config.space, config.evaluator)
+    # A build has no strategy: keep the default one's sizes from refusing a tiny space.
+    search.strategy.population_size = search.strategy.sample_size = 1
     validate(search)
 
 

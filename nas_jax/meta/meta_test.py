@@ -301,15 +301,29 @@ def summarise(runs: dict, family: TaskPool, controllers: dict, config) -> dict:
         got = best - np.asarray(zs["regret"], np.float64)
         beats = got > median
         greedy[name] = {"archs": zs["archs"], "fitness": got.tolist(),
+                        "arch_strings": [family.space.to_string(a) for a in zs["archs"]],
                         "beats_median": beats.tolist(), "share_beats_median": float(beats.mean())}
     scratch = methods["scratch"]["median_evals"]
     factors = {name: scratch / m["median_evals"] for name, m in methods.items()
                if name.startswith(("zero_shot:", "finetune:"))}
-    return {"task_ids": family.ids("test").tolist(), "task_best": best.tolist(),
+    archs = family.space.enumerate()
+    task_ids = family.ids("test").tolist()
+    settings = getattr(family, "settings", None)  # the generator settings of a data family
+    return {"task_ids": task_ids, "task_best": best.tolist(),
+            "task_best_arch": [family.space.to_string(archs[int(np.nanargmax(row))])
+                               for row in finite],
+            "task_settings": (None if settings is None else
+                              [_drawn(settings[i], family) for i in task_ids]),
             "task_median": median.tolist(), "num_seeds": config.num_seeds,
             "budget": config.budget, "tolerance": config.tolerance,
             "not_reached_counts_as": config.budget + 1, "methods": methods,
             "zero_shot_greedy": greedy, "factor_scratch_over": factors}
+
+
+def _drawn(settings: dict, family) -> dict:
+    """A task's generator settings that vary across the family (its drawn ones)."""
+    drawn = getattr(family, "ranges", None) or settings
+    return {k: v for k, v in settings.items() if k in drawn}
 
 
 def markdown_table(summary: dict) -> str:
@@ -335,7 +349,31 @@ def markdown_table(summary: dict) -> str:
         lines.append(f"| {name} | {m['median_evals']:g} | {m['reached_fraction']:.0%} | "
                      f"{m['final_regret_mean']:.4f} | {share} | "
                      f"{'-' if factor is None else f'{factor:.1f}x'} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", per_task_table(summary)]) + "\n"
+
+
+def per_task_table(summary: dict) -> str:
+    """Per held-out task: its drawn generator settings (data families), its best architecture
+    and each controller's zero-shot greedy proposal with that proposal's regret."""
+    owners = list(summary["zero_shot_greedy"])
+    settings = summary.get("task_settings")
+    head = ["task", *(["settings"] if settings else []), "best architecture (fitness)",
+            *(f"zero-shot {o} (regret)" for o in owners)]
+    lines = ["Per held-out task: the best architecture of its table, and each controller's "
+             "greedy zero-shot proposal with its regret (0: it is the best).", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for t, task in enumerate(summary["task_ids"]):
+        row = [str(task)]
+        if settings:
+            row.append(", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                 for k, v in sorted(settings[t].items())))
+        row.append(f"`{summary['task_best_arch'][t]}` ({summary['task_best'][t]:.3f})")
+        for o in owners:
+            g = summary["zero_shot_greedy"][o]
+            regret = summary["task_best"][t] - g["fitness"][t]
+            row.append(f"`{g['arch_strings'][t]}` ({regret:.3f})")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------- the command

@@ -9,8 +9,9 @@ workdir with a checkpoint resumes from it), and the trained controller to
 a zero-shot greedy proposal, scored in its table (``workdir/results.json``).
 
 Families: ``synthetic`` (``SyntheticTableFamily``) and ``mnist1d`` (``Mnist1dVariantFamily``
-over an ``MLPSpace``: every task's table is built by training every architecture on that
-task, cached one file per task in ``family.table_dir``, default ``<workdir>/tables``).
+over an ``MLPSpace`` or a ``MacroCNNSpace``: every task's table is built by training every
+architecture on that task, cached one file per task in ``family.table_dir``, default
+``<workdir>/tables``).
 """
 
 from __future__ import annotations
@@ -26,9 +27,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from nas_jax import registry
 from nas_jax.config import ConfigError, check_schema
 from nas_jax.meta.controller import MODES, ConditionedController, save_controller
 from nas_jax.meta.tasks import (
+    MNIST1D_INTEGER,
+    MNIST1D_RANGED,
+    MNIST1D_RANGES,
     Mnist1dVariantFamily,
     SyntheticTableFamily,
     Task,
@@ -38,7 +43,7 @@ from nas_jax.meta.tasks import (
     training_table_builder,
 )
 from nas_jax.spaces.base import SearchSpace
-from nas_jax.spaces.macro import ACTIVATIONS, MLPSpace
+from nas_jax.spaces.macro import ACTIVATIONS
 from nas_jax.utils.checkpoint import Checkpointer
 from nas_jax.utils.metrics import MetricWriter, Progress, atomic_write
 
@@ -46,6 +51,7 @@ FAMILIES = ("synthetic", "mnist1d")
 TABLE_EXECUTIONS = ("auto", "loop", "vmap")
 FINGERPRINT_FILE = "fingerprint.json"  # in a table_dir: what its tables were built from
 SYNTHETIC_SPACES = ("choices", "mlp")
+MNIST1D_SPACES = ("mlp", "macro_cnn")
 FAST_COMPILE = {"xla_backend_optimization_level": 0}  # see meta_train_config: fast_compile
 
 
@@ -60,13 +66,23 @@ def meta_train_config() -> ml_collections.ConfigDict:
     c.max_to_keep = 2
     c.family = ml_collections.ConfigDict(dict(
         name="synthetic", num_train=16, num_test=4, seed=0,
-        # synthetic: the space ('choices': a plain vector; 'mlp') and the task features
-        space="choices", num_choices=(3, 3, 3, 3),
-        feature_dim=1, set_size=4, feature_noise=0.05, sharpness=3.0,
-        # mnist1d: MNIST-1D variants (tasks.MNIST1D_RANGES) of num_samples examples (80%
-        # train, of which valid_fraction is the valid split the table scores), an MLP space
+        # The space; "": the family's default. synthetic: 'choices' (a plain vector, the
+        # default) or 'mlp'; mnist1d: 'mlp' (the default) or 'macro_cnn'.
+        space="",
+        # synthetic: the vector's choices and the task features
+        num_choices=(3, 3, 3, 3), feature_dim=1, set_size=4, feature_noise=0.05,
+        sharpness=3.0,
+        # mnist1d: MNIST-1D variants of num_samples examples (80% train, of which
+        # valid_fraction is the valid split the table scores), each task's generator settings
+        # drawn uniformly from `ranges` ((lo, hi), ints for integer settings; (): the
+        # generator's default, tasks.MNIST1D_RANGES by default).
         num_samples=2000, valid_fraction=0.5, feature_length=20,
+        ranges=ml_collections.ConfigDict(dict(
+            {name: () for name in MNIST1D_RANGED}, **MNIST1D_RANGES)),
+        # ... its space: 'mlp' (max_layers, units, activations) or 'macro_cnn' (num_layers
+        # convolutions with filters, kernel_sizes, strides, activations; global pooling)
         max_layers=2, units=(16, 64, 128), activations=("relu", "tanh", "swish"),
+        num_layers=2, filters=(16,), kernel_sizes=(3, 9), strides=(1, 2),
         table_dir="",  # cached per-task tables; "": <workdir>/tables
         # How each table is built (table_build.build_table): every canonical architecture
         # trained num_seeds times; vmap over all candidates was the fastest on 2 CPU cores.
@@ -102,9 +118,9 @@ def validate_meta_train(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.family.name={fam.name!r}; allowed: {', '.join(FAMILIES)}")
     if fam.name == "mnist1d":
         validate_mnist1d_family(fam)
-    elif fam.space not in SYNTHETIC_SPACES:
-        raise ConfigError(f"config.family.space={fam.space!r}; allowed: "
-                          f"{', '.join(SYNTHETIC_SPACES)}")
+    elif fam.space not in ("", *SYNTHETIC_SPACES):
+        raise ConfigError(f"config.family.space={fam.space!r}; allowed for the synthetic "
+                          f"family: {', '.join(SYNTHETIC_SPACES)} (or '': choices)")
     if not fam.num_choices or min(fam.num_choices) < 1:
         raise ConfigError(f"config.family.num_choices={fam.num_choices}: needs entries >= 1")
     for field in ("num_train", "num_test", "feature_dim", "set_size"):
@@ -128,14 +144,19 @@ def validate_meta_train(config: ml_collections.ConfigDict) -> None:
 
 def validate_mnist1d_family(fam: ml_collections.ConfigDict) -> None:
     """The ``mnist1d`` family's fields (ConfigError names the field)."""
-    for field in ("num_samples", "feature_length", "max_layers"):
+    if fam.space not in ("", *MNIST1D_SPACES):
+        raise ConfigError(f"config.family.space={fam.space!r}; allowed for the mnist1d "
+                          f"family: {', '.join(MNIST1D_SPACES)} (or '': mlp)")
+    for field in ("num_samples", "feature_length", "max_layers", "num_layers"):
         if fam[field] < (50 if field == "num_samples" else 1):
             raise ConfigError(f"config.family.{field}={fam[field]}: too small")
     if not 0.0 < fam.valid_fraction < 1.0:
         raise ConfigError(f"config.family.valid_fraction={fam.valid_fraction}: must be in "
                           "(0, 1)")
-    if not fam.units or min(fam.units) < 1:
-        raise ConfigError(f"config.family.units={fam.units}: needs entries >= 1")
+    for field in ("units", "filters", "kernel_sizes", "strides"):
+        if not fam[field] or min(fam[field]) < 1:
+            raise ConfigError(f"config.family.{field}={fam[field]}: needs entries >= 1")
+    validate_ranges(fam.ranges)
     unknown = [a for a in fam.activations if a not in ACTIVATIONS]
     if not fam.activations or unknown:
         raise ConfigError(f"config.family.activations={fam.activations}: unknown {unknown}; "
@@ -151,6 +172,35 @@ def validate_mnist1d_family(fam: ml_collections.ConfigDict) -> None:
                           f"{', '.join(TABLE_EXECUTIONS)}")
 
 
+def validate_ranges(ranges: ml_collections.ConfigDict) -> None:
+    """``family.ranges``: per MNIST-1D setting ``()`` or ``(lo, hi)`` with ``lo <= hi``."""
+    for name in MNIST1D_RANGED:
+        value = tuple(ranges[name])
+        where = f"config.family.ranges.{name}={value}"
+        if not value:
+            continue
+        if len(value) != 2 or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                                      for v in value):
+            raise ConfigError(f"{where}: must be (lo, hi) numbers, or () for the generator's "
+                              "default")
+        if not value[0] <= value[1]:
+            raise ConfigError(f"{where}: needs lo <= hi")
+        if name in MNIST1D_INTEGER and not all(isinstance(v, int) for v in value):
+            raise ConfigError(f"{where}: an integer setting; give integers")
+        low = MNIST1D_RANGED[name]
+        if value[0] < low:
+            raise ConfigError(f"{where}: the generator needs values >= {low}")
+
+
+def mnist1d_ranges(fam: ml_collections.ConfigDict) -> dict:
+    """``family.ranges`` without the settings left at the generator's default."""
+    return {name: tuple(v) for name, v in fam.ranges.items() if tuple(v)}
+
+
+def mnist1d_space_name(fam: ml_collections.ConfigDict) -> str:
+    return fam.space or "mlp"
+
+
 def table_build_recipe(fam: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The ``table_build`` config that trains the ``mnist1d`` family's tables."""
     from nas_jax.evaluators.table_build import table_build_config
@@ -158,8 +208,11 @@ def table_build_recipe(fam: ml_collections.ConfigDict) -> ml_collections.ConfigD
     c, t = table_build_config(), fam.table
     c.seed, c.num_seeds, c.chunk_size = fam.seed, t.num_seeds, t.chunk_size
     c.dataset.name, c.dataset.valid_fraction = "mnist1d", fam.valid_fraction
-    c.space.name, c.space.max_layers = "mlp", fam.max_layers
-    c.space.units, c.space.activations = tuple(fam.units), tuple(fam.activations)
+    c.space.name = mnist1d_space_name(fam)
+    c.space.activations = tuple(fam.activations)
+    c.space.max_layers, c.space.units = fam.max_layers, tuple(fam.units)
+    c.space.num_layers, c.space.filters = fam.num_layers, tuple(fam.filters)
+    c.space.kernel_sizes, c.space.strides = tuple(fam.kernel_sizes), tuple(fam.strides)
     c.evaluator.name, c.evaluator.execution = "population", t.execution
     for field in ("steps", "batch_size", "optimizer", "learning_rate", "weight_decay"):
         c.evaluator[field] = t[field]
@@ -169,9 +222,16 @@ def table_build_recipe(fam: ml_collections.ConfigDict) -> ml_collections.ConfigD
 
 def _table_fingerprint(fam: ml_collections.ConfigDict) -> dict:
     """What a task's table depends on (the task id aside): its data and its recipe."""
-    keys = ("seed", "num_samples", "valid_fraction", "max_layers", "units", "activations")
+    keys = ("seed", "num_samples", "valid_fraction", "activations")
+    keys += (("max_layers", "units") if mnist1d_space_name(fam) == "mlp" else
+             ("num_layers", "filters", "kernel_sizes", "strides"))
     out = {k: fam[k] for k in keys}
     out["table"] = fam.table.to_dict()
+    if mnist1d_space_name(fam) != "mlp":
+        out["space"] = mnist1d_space_name(fam)
+    ranges = mnist1d_ranges(fam)
+    if ranges != MNIST1D_RANGES:  # so the folders of runs with the default ranges stay valid
+        out["ranges"] = ranges
     return json.loads(json.dumps(out))
 
 
@@ -202,19 +262,21 @@ def _claim_table_dir(path: str, fam: ml_collections.ConfigDict) -> None:
 
 def build_mnist1d_family(fam: ml_collections.ConfigDict, workdir: str | None = None, *,
                          build_tables: bool = True) -> Mnist1dVariantFamily:
-    """The MNIST-1D variant family with its ``MLPSpace`` (``family.space``) and every task's
+    """The MNIST-1D variant family with its space (``family.space``) and every task's
     table attached; tables missing from the table folder are built by training
     (``build_tables``) or refused with a ConfigError (the meta-test reuses meta-train's)."""
     family = Mnist1dVariantFamily(num_train=fam.num_train, num_test=fam.num_test,
-                                  num_samples=fam.num_samples, feature_length=fam.feature_length,
+                                  ranges=mnist1d_ranges(fam), num_samples=fam.num_samples,
+                                  feature_length=fam.feature_length,
                                   valid_fraction=fam.valid_fraction, seed=fam.seed)
-    family.space = MLPSpace(max_layers=fam.max_layers, units=tuple(fam.units),
-                            activations=tuple(fam.activations),
-                            input_shape=tuple(family.dataset(0).input_shape), num_classes=10)
+    recipe = table_build_recipe(fam)
+    family.space = registry.SPACES.build(recipe.space.name, recipe.space,
+                                         input_shape=tuple(family.dataset(0).input_shape),
+                                         num_classes=10)
     path = table_dir(fam, workdir)
     if build_tables:
         _claim_table_dir(path, fam)
-        build = training_table_builder(family, table_build_recipe(fam))
+        build = training_table_builder(family, recipe)
     else:
         def build(task_id: int, out: str):
             raise ConfigError(f"config.family.table_dir: no table {out} for task {task_id}; "
@@ -236,8 +298,8 @@ def build_family(fam: ml_collections.ConfigDict, workdir: str | None = None, *,
     """The task family named by ``config.family`` (``workdir``: see ``table_dir``)."""
     if fam.name == "mnist1d":
         return build_mnist1d_family(fam, workdir, build_tables=build_tables)
-    space = (SearchSpace(num_choices=tuple(fam.num_choices)) if fam.space == "choices"
-             else default_synthetic_space())
+    space = (default_synthetic_space() if fam.space == "mlp"
+             else SearchSpace(num_choices=tuple(fam.num_choices)))
     return SyntheticTableFamily(space, num_train=fam.num_train, num_test=fam.num_test,
                                 feature_dim=fam.feature_dim, set_size=fam.set_size,
                                 feature_noise=fam.feature_noise, sharpness=fam.sharpness,

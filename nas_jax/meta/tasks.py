@@ -195,6 +195,11 @@ class ClassSubsetFamily(TaskPool):
 MNIST1D_RANGES = {"max_translation": (24, 60), "corr_noise_scale": (0.1, 0.5),
                   "iid_noise_scale": (0.005, 0.05), "scale_coeff": (0.2, 0.6),
                   "shear_scale": (0.3, 1.2)}
+# The MNIST-1D settings a family may draw per task, with the least value the generator takes
+# (it draws a translation from range(max_translation)); those of MNIST1D_INTEGER are ints.
+MNIST1D_RANGED = {"max_translation": 1, "corr_noise_scale": 0.0, "iid_noise_scale": 0.0,
+                  "scale_coeff": 0.0, "shear_scale": 0.0, "final_seq_length": 1}
+MNIST1D_INTEGER = ("max_translation", "final_seq_length")
 
 
 class Mnist1dVariantFamily(TaskPool):
@@ -216,6 +221,11 @@ class Mnist1dVariantFamily(TaskPool):
         if unknown:
             raise ValueError(f"ranges: unknown MNIST-1D setting(s) {unknown}; known: "
                              f"{', '.join(MNIST1D_DEFAULTS)}")
+        for name, (lo, _) in ranges.items():
+            if name in MNIST1D_RANGED and lo < MNIST1D_RANGED[name]:
+                raise ValueError(f"ranges[{name!r}]: the generator needs values >= "
+                                 f"{MNIST1D_RANGED[name]}, got {lo}")
+        self.ranges = dict(ranges)
         self.settings, self.datasets, tasks = [], [], []
         for i in range(num_train + num_test):
             rng = np.random.default_rng([seed, i])

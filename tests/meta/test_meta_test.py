@@ -17,6 +17,7 @@ from nas_jax.meta.controller import save_controller
 from nas_jax.meta.meta_test import (
     BASELINES,
     evals_to_target,
+    markdown_table,
     meta_test_config,
     method_runs,
     run_meta_test,
@@ -136,9 +137,30 @@ def test_run_meta_test_writes_outputs(setup, tmp_path):
     saved = json.loads((out / "meta_test.json").read_text())
     assert tuple(saved["methods"]) == METHODS and saved["not_reached_counts_as"] == 13
     assert saved["task_ids"] == [4, 5] == summary["task_ids"]
-    rows = [line for line in (out / "meta_test.md").read_text().splitlines()
+    text = (out / "meta_test.md").read_text()
+    methods_part, tasks_part = text.split("Per held-out task")
+    rows = [line for line in methods_part.splitlines()
             if line.startswith("| ") and not line.startswith("| method")]
     assert [r.split(" | ")[0][2:] for r in rows] == list(METHODS)
+    # Per task: the table's best architecture, and the controller's zero-shot proposal with
+    # its regret (here the family's own tables, not the crafted ones).
+    assert summary["task_settings"] is None  # a synthetic family has no generator settings
+    greedy = summary["zero_shot_greedy"]["det"]
+    for t, task in enumerate(summary["task_ids"]):
+        regret = summary["task_best"][t] - greedy["fitness"][t]
+        assert (f"| {task} | `{summary['task_best_arch'][t]}` ({summary['task_best'][t]:.3f}) "
+                f"| `{greedy['arch_strings'][t]}` ({regret:.3f}) |") in tasks_part
+
+
+def test_per_task_best_and_proposals(setup):
+    """On the crafted tables both tasks' best is (2, 2, 2), which the deterministic
+    controller proposes: regret 0 in the per-task table."""
+    summary = setup["summary"]
+    assert summary["task_best_arch"] == ["2,2,2", "2,2,2"]
+    assert summary["zero_shot_greedy"]["det"]["arch_strings"] == ["2,2,2", "2,2,2"]
+    text = markdown_table(summary)
+    assert "| 4 | `2,2,2` (0.900) | `2,2,2` (0.000) |" in text
+    assert "| 5 | `2,2,2` (0.900) | `2,2,2` (0.000) |" in text
 
 
 def test_config_errors(tmp_path):

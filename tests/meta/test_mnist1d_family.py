@@ -4,6 +4,7 @@ MLP space: a short meta-training run builds one trained table per task (``per_ta
 the tasks as dense fitness, and an architecture's entry equals training it once more with the
 same key; the meta-test path reuses the tables and refuses a missing or mismatched folder."""
 
+import importlib
 import json
 import os
 
@@ -23,6 +24,7 @@ from nas_jax.meta.meta_train import (
     validate_meta_train,
 )
 from nas_jax.meta.tasks import per_task_tables
+from nas_jax.spaces.macro import MacroCNNSpace
 from nas_jax.train.steps import recipe_from_config
 
 
@@ -126,3 +128,52 @@ def test_config_mistakes_name_the_field():
     c.family.activations = ("relu", "bogus")
     with pytest.raises(ConfigError, match="family.activations"):
         validate_meta_train(c)
+    c = _config()
+    c.family.space = "choices"
+    with pytest.raises(ConfigError, match="family.space='choices'; allowed for the mnist1d"):
+        validate_meta_train(c)
+    for value, message in [((0, 9), "generator needs values >= 1"),
+                           ((2.0, 9), "an integer setting"), ((9, 2), "lo <= hi"),
+                           ((1, 2, 3), r"must be \(lo, hi\)")]:
+        c = _config()
+        c.family.ranges.max_translation = value
+        with pytest.raises(ConfigError, match=f"family.ranges.max_translation.*{message}"):
+            validate_meta_train(c)
+
+
+@pytest.mark.parametrize("name", ["meta_controller_mnist1d", "meta_controller_mnist1d_cnn",
+                                  "meta_controller_synthetic"])
+def test_shipped_configs_validate(name):
+    module = importlib.import_module(f"configs.{name}")
+    for arg in (None, "learned", "none"):
+        validate_meta_train(module.get_config(arg))
+
+
+def test_macro_cnn_family_draws_its_ranges_and_builds_cnn_tables(tmp_path):
+    """``family.space='macro_cnn'`` with ``family.ranges``: each task's generator settings
+    lie in their ranges (integers for ``max_translation``, the rest at the generator's
+    defaults), and each task gets a trained table over the CNN space."""
+    c = _config()
+    f = c.family
+    f.space, f.num_layers, f.filters, f.kernel_sizes, f.strides = "macro_cnn", 1, (4,), (3,), (1, 2)
+    f.activations = ("relu",)
+    for name in f.ranges:
+        f.ranges[name] = ()
+    f.ranges.max_translation = (1, 30)
+    f.ranges.scale_coeff = (0.3, 0.5)
+    validate_meta_train(c)
+    family = build_family(f, str(tmp_path))
+    assert isinstance(family.space, MacroCNNSpace) and family.space.size == 4
+    assert family.space.input_shape == (40, 1) and family.space.ndim == 1
+    for s in family.settings:
+        assert isinstance(s["max_translation"], int) and 1 <= s["max_translation"] <= 30
+        assert 0.3 <= s["scale_coeff"] <= 0.5
+        assert "shear_scale" not in s  # the generator's default
+    assert len({s["max_translation"] for s in family.settings}) > 1
+    for task_id in range(3):
+        fitness = np.asarray(family.task(task_id).fitness)
+        assert fitness.shape == (4,) and np.all((fitness >= 0) & (fitness <= 1))
+    with open(os.path.join(tmp_path, "tables", FINGERPRINT_FILE), encoding="utf-8") as fp:
+        fingerprint = json.load(fp)
+    assert fingerprint["space"] == "macro_cnn"
+    assert fingerprint["ranges"] == {"max_translation": [1, 30], "scale_coeff": [0.3, 0.5]}
