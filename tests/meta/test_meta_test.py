@@ -82,7 +82,7 @@ def setup():
     runs = method_runs(jax.random.key(0), controllers, family, config)
     summary = summarise(runs, family, controllers, config)
     return dict(train_cfg=train_cfg, controller=controller, params=params, runs=runs,
-                summary=summary)
+                summary=summary, family=family, config=config)
 
 
 def test_every_curve_non_increasing(setup):
@@ -161,6 +161,34 @@ def test_per_task_best_and_proposals(setup):
     text = markdown_table(summary)
     assert "| 4 | `2,2,2` (0.900) | `2,2,2` (0.000) |" in text
     assert "| 5 | `2,2,2` (0.900) | `2,2,2` (0.000) |" in text
+    # (2, 2, 2) is best on both tables, so no fixed architecture leaves any regret.
+    assert summary["best_fixed_arch"] == {"arch": "2,2,2", "mean_regret": 0.0,
+                                          "max_regret": 0.0, "tasks_where_best": 2}
+
+
+def test_best_fixed_architecture_by_hand(setup):
+    """With task B's table changed so that (2, 2, 2) is poor there, the best single
+    architecture is the one with the best mean over both tables, computed here by hand."""
+    summary = setup["summary"]
+    family_tables = np.stack([TABLE_A, TABLE_B - np.where(CODES == 26, 0.5, 0.0)])
+    best = family_tables.max(axis=1, keepdims=True)
+    regret = (best - family_tables).mean(axis=0)
+    want = int(np.argmin(regret))
+    assert want != 26
+    runs = {k: v for k, v in setup["runs"].items()}
+    family = setup["family"]
+    test_ids = family.ids("test")
+    family.attach_tables({int(test_ids[0]): TABLE_A, int(test_ids[1]): family_tables[1]})
+    try:
+        got = summarise(runs, family, {}, setup["config"])["best_fixed_arch"]
+    finally:
+        family.attach_tables({int(test_ids[0]): TABLE_A, int(test_ids[1]): TABLE_B})
+    arch = ",".join(str(int(c)) for c in np.unravel_index(want, (3, 3, 3)))
+    assert got["arch"] == arch
+    np.testing.assert_allclose(got["mean_regret"], regret[want], rtol=1e-6)
+    np.testing.assert_allclose(got["max_regret"], (best[:, 0] - family_tables[:, want]).max(),
+                               rtol=1e-6)
+    assert summary["task_ids"] == [4, 5]
 
 
 def test_config_errors(tmp_path):
