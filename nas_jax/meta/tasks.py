@@ -202,6 +202,14 @@ MNIST1D_RANGED = {"max_translation": 1, "corr_noise_scale": 0.0, "iid_noise_scal
 MNIST1D_INTEGER = ("max_translation", "final_seq_length")
 
 
+def _integer(name: str, lo, hi) -> bool:
+    """Whether a setting is drawn as an integer: by its kind where known (so ``(0, 1)`` for a
+    float setting is a float range), else when both bounds are ints."""
+    if name in MNIST1D_RANGED:
+        return name in MNIST1D_INTEGER
+    return isinstance(lo, int) and isinstance(hi, int)
+
+
 class Mnist1dVariantFamily(TaskPool):
     """MNIST-1D generated with per-task settings drawn from ``ranges`` (any of
     ``MNIST1D_DEFAULTS``' numeric fields, e.g. ``final_seq_length`` for the signal length),
@@ -229,8 +237,8 @@ class Mnist1dVariantFamily(TaskPool):
         self.settings, self.datasets, tasks = [], [], []
         for i in range(num_train + num_test):
             rng = np.random.default_rng([seed, i])
-            s = {name: (int(rng.integers(lo, hi + 1)) if isinstance(lo, int) and
-                        isinstance(hi, int) else float(rng.uniform(lo, hi)))
+            s = {name: (int(rng.integers(lo, hi + 1)) if _integer(name, lo, hi)
+                        else float(rng.uniform(lo, hi)))
                  for name, (lo, hi) in sorted(ranges.items())}
             s.update(num_samples=int(num_samples), seed=int(seed * 100_003 + i))
             raw = make_mnist1d(**s)

@@ -160,14 +160,14 @@ def test_macro_cnn_family_draws_its_ranges_and_builds_cnn_tables(tmp_path):
     for name in f.ranges:
         f.ranges[name] = ()
     f.ranges.max_translation = (1, 30)
-    f.ranges.scale_coeff = (0.3, 0.5)
+    f.ranges.scale_coeff = (0, 1)  # a float setting: a float range, although given as ints
     validate_meta_train(c)
     family = build_family(f, str(tmp_path))
     assert isinstance(family.space, MacroCNNSpace) and family.space.size == 4
     assert family.space.input_shape == (40, 1) and family.space.ndim == 1
     for s in family.settings:
         assert isinstance(s["max_translation"], int) and 1 <= s["max_translation"] <= 30
-        assert 0.3 <= s["scale_coeff"] <= 0.5
+        assert isinstance(s["scale_coeff"], float) and 0.0 <= s["scale_coeff"] <= 1.0
         assert "shear_scale" not in s  # the generator's default
     assert len({s["max_translation"] for s in family.settings}) > 1
     for task_id in range(3):
@@ -176,4 +176,4 @@ def test_macro_cnn_family_draws_its_ranges_and_builds_cnn_tables(tmp_path):
     with open(os.path.join(tmp_path, "tables", FINGERPRINT_FILE), encoding="utf-8") as fp:
         fingerprint = json.load(fp)
     assert fingerprint["space"] == "macro_cnn"
-    assert fingerprint["ranges"] == {"max_translation": [1, 30], "scale_coeff": [0.3, 0.5]}
+    assert fingerprint["ranges"] == {"max_translation": [1, 30], "scale_coeff": [0, 1]}
