@@ -1,11 +1,10 @@
 """Meta-test protocol (Wong et al., "Transfer Learning with Neural AutoML", NeurIPS 2018) on
 MNIST-1D variants that differ in translation, over 2-layer 1-D CNNs
 (``configs/meta_controller_mnist1d_cnn.py``): on the 10 held-out tasks (tables trained per
-task, reused from meta-training), the meta-trained controller zero-shot and fine-tuned, the
-same controller from scratch, regularized evolution and random search, 64 seeds x 60
-evaluations each; data-embedding, learned-embedding and unconditioned controllers side by
-side. First the
-three meta-training runs (the first builds the tables):
+task, reused from meta-training), the meta-trained controller zero-shot (sampled and ranked)
+and fine-tuned, the same controller from scratch, regularized evolution and random search,
+64 seeds x 60 evaluations each; data-embedding, learned-embedding and unconditioned
+controllers side by side. First the three meta-training runs (the first builds the tables):
 
     python experiments/meta_train.py --config=configs/meta_controller_mnist1d_cnn.py:data \
         --workdir=/tmp/meta_mnist1d_cnn_data

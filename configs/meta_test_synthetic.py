@@ -1,8 +1,9 @@
 """Meta-test protocol (Wong et al., "Transfer Learning with Neural AutoML", NeurIPS 2018) on
-the synthetic table family: on 10 held-out tasks, the meta-trained controller zero-shot and
-fine-tuned, the same controller from scratch, regularized evolution and random search, 64
-seeds x 60 evaluations each; data-embedding, learned-embedding and unconditioned controllers
-side by side. First the three meta-training runs (10 held-out tasks each):
+the synthetic table family: on 10 held-out tasks, the meta-trained controller zero-shot
+(sampled and ranked) and fine-tuned, the same controller from scratch, regularized evolution
+and random search, 64 seeds x 60 evaluations each; data-embedding, learned-embedding and
+unconditioned controllers side by side. First the three meta-training runs (10 held-out
+tasks each):
 
     python experiments/meta_train.py --config=configs/meta_controller_synthetic.py:data \
         --config.family.num_test=10 --workdir=/tmp/meta_synthetic_data

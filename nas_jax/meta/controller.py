@@ -167,6 +167,17 @@ class ConditionedController(ReinforceController):
         _, arch = jax.lax.scan(body, (self._zeros(), params["start"]), xs)
         return arch.astype(jnp.int32)
 
+    def rank(self, params: Params, task: Task, archs: jax.Array) -> jax.Array:
+        """``archs`` (int32[N, D]) ordered by decreasing ``log pi(arch | task)``: int32[N]
+        indices into ``archs`` (ties keep their order). Over a whole enumerated space this is
+        the policy's exact ranking, the zero-shot search that never repeats an architecture.
+        Its first entry is the most probable architecture, which can differ from ``greedy``
+        (the argmax decision by decision)."""
+        context = self.embed(params, task)
+        logp = jax.vmap(self.log_prob, in_axes=(None, 0, None))(
+            params, jnp.asarray(archs, jnp.int32), context)
+        return jnp.argsort(logp, descending=True, stable=True).astype(jnp.int32)
+
     # ------------------------------------------------------------- meta-training
     def meta_init(self, key: jax.Array) -> MetaState:
         params = self.init_params(key)

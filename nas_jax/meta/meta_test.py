@@ -1,13 +1,16 @@
 """Meta-test protocol for meta-trained controllers (Wong et al., NeurIPS 2018, Sec. 4).
 
-On every held-out (meta-test) task of the family the controllers were meta-trained on, five
+On every held-out (meta-test) task of the family the controllers were meta-trained on, six
 kinds of search run for ``num_seeds`` seeds and ``budget`` evaluations each, looked up in the
 task's fitness table: per meta-trained controller, ``zero_shot`` (samples from the
-meta-trained policy, never updated) and ``finetune`` (REINFORCE from the meta-trained params,
-``ConditionedController.finetune``); then ``scratch`` (the same LSTM policy freshly
-initialised, trained by REINFORCE with the fine-tuning settings), ``regularized_evolution``
-and ``random_search``. Each method is one jitted program: a ``lax.scan`` of ask/lookup/tell
-rounds, ``vmap``-ed over seeds and over tasks.
+meta-trained policy, never updated), ``ranked`` (the meta-trained policy's architectures in
+order of decreasing probability for the task, each evaluated once: the zero-shot search that
+never repeats; deterministic, so the same for every seed) and ``finetune`` (REINFORCE from the
+meta-trained params, ``ConditionedController.finetune``); then ``scratch`` (the same LSTM
+policy freshly initialised, trained by REINFORCE with the fine-tuning settings),
+``regularized_evolution`` and ``random_search``. Each method is one jitted program: a
+``lax.scan`` of ask/lookup/tell rounds, ``vmap``-ed over seeds and over tasks (``ranked``: the
+policy's log-probability of every architecture of the space, ``vmap``-ed over tasks).
 
 Per method and task we record the regret curve (task's best fitness minus the best fitness
 found so far, mean over seeds) and the number of evaluations until the best found is within
@@ -32,7 +35,12 @@ import numpy as np
 
 from nas_jax.config import ConfigError, check_schema
 from nas_jax.meta.controller import FinetuneController, FrozenParams, load_controller
-from nas_jax.meta.meta_train import FAST_COMPILE, build_family, zero_shot_results
+from nas_jax.meta.meta_train import (
+    FAST_COMPILE,
+    build_family,
+    meta_train_config,
+    zero_shot_results,
+)
 from nas_jax.meta.tasks import TaskPool, table_fitness
 from nas_jax.strategies.base import Best, clean_fitness, tell_metrics
 from nas_jax.strategies.evolution import RandomSearch, RegularizedEvolution
@@ -144,6 +152,29 @@ def run_searches(strategy, budget: int, tasks, states, keys, *, fast_compile: bo
     return _PROGRAMS[bool(fast_compile)](strategy, budget, tasks, states, keys)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 4), compiler_options=FAST_COMPILE)
+def _ranked_traces(controller, params, tasks, archs: jax.Array, budget: int):
+    """Per task, ``archs`` in the policy's order for that task, the first ``budget`` of them
+    (cycling if ``budget`` exceeds the space: by then the best has been evaluated) and their
+    table fitness: fitness float32[T, E], archs int32[T, E, D]."""
+
+    def one(task):
+        order = controller.rank(params, task, archs)
+        picked = archs[order[jnp.arange(budget) % archs.shape[0]]]
+        return table_fitness(task, picked, controller.space), picked
+
+    return jax.vmap(one)(tasks)
+
+
+def ranked_runs(controller, params, tasks, archs, budget: int, num_seeds: int):
+    """``ranked:<name>``'s traces in ``method_runs``' layout: the deterministic order,
+    repeated for every seed (fitness [T, S, E], archs [T, S, E, D], numpy)."""
+    fitness, picked = (np.asarray(x) for x in _ranked_traces(
+        controller, params, tasks, jnp.asarray(archs, jnp.int32), budget))
+    return (np.repeat(fitness[:, None], num_seeds, axis=1),
+            np.repeat(picked[:, None], num_seeds, axis=1))
+
+
 def evals_to_target(fitness: np.ndarray, best: np.ndarray, tolerance: float) -> np.ndarray:
     """1-based index of the first evaluation whose best-so-far fitness is within
     ``tolerance`` of ``best`` (broadcast over the leading axes); ``E + 1`` if none is.
@@ -225,7 +256,8 @@ def method_runs(key: jax.Array, controllers: dict, family: TaskPool, config) -> 
 
     Returns:
       method name -> (fitness float[T, S, E], archs int32[T, S, E, D]) (numpy), in run
-      order: ``zero_shot:<name>`` and ``finetune:<name>`` per controller, then ``scratch``
+      order: ``zero_shot:<name>``, ``ranked:<name>`` and ``finetune:<name>`` per controller
+      (``ranked`` only where the space can be enumerated), then ``scratch``
       (the first controller's class and settings), ``regularized_evolution``,
       ``random_search``.
     """
@@ -252,12 +284,19 @@ def method_runs(key: jax.Array, controllers: dict, family: TaskPool, config) -> 
         zs = ZeroShotPolicy(**{f.name: getattr(ft, f.name) for f in dataclasses.fields(ft)})
         return zs, ft
 
+    try:
+        space_archs = family.space.enumerate()
+    except ValueError:  # too large to enumerate: no exact ranking
+        space_archs = None
     first = None
     for name, (controller, params) in controllers.items():
         zs, ft = strategies(controller, params)
         first = first or (controller, ft)
         zero, tuned = _meta_states(controller, zs, params, tasks, key, s)
         search(f"zero_shot:{name}", zs, zero)
+        if space_archs is not None:
+            runs[f"ranked:{name}"] = ranked_runs(controller, params, tasks, space_archs,
+                                                 budget, s)
         search(f"finetune:{name}", ft, tuned)
     controller, ft = first
     search("scratch", ft, _scratch_states(controller, ft, tasks, init_keys))
@@ -305,7 +344,7 @@ def summarise(runs: dict, family: TaskPool, controllers: dict, config) -> dict:
                         "beats_median": beats.tolist(), "share_beats_median": float(beats.mean())}
     scratch = methods["scratch"]["median_evals"]
     factors = {name: scratch / m["median_evals"] for name, m in methods.items()
-               if name.startswith(("zero_shot:", "finetune:"))}
+               if name.startswith(("zero_shot:", "ranked:", "finetune:"))}
     archs = family.space.enumerate()
     task_ids = family.ids("test").tolist()
     # The one architecture with the best mean fitness over the held-out tasks: the least
@@ -392,6 +431,18 @@ def per_task_table(summary: dict) -> str:
 
 
 # ---------------------------------------------------------------------- the command
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+    """``saved`` (a run's recorded family config) with the fields it lacks taken from
+    ``defaults``: a run recorded before a field existed ran with that field's default."""
+    out = dict(saved)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = _with_defaults(out[k], v)
+    return out
+
+
 def load_meta_trained(config) -> tuple[dict, TaskPool, dict]:
     """The controllers named in ``config.controllers`` and the family their meta_train
     config describes (all must agree on it). Returns controllers, family, family config."""
@@ -403,7 +454,7 @@ def load_meta_trained(config) -> tuple[dict, TaskPool, dict]:
             raise ConfigError(f"config.controllers.{name}={path!r}: no {CONFIG_FILE} there; "
                               "run experiments/meta_train.py with this --workdir first")
         with open(cfg_path, encoding="utf-8") as f:
-            fam = json.load(f)["family"]
+            fam = _with_defaults(json.load(f)["family"], meta_train_config().family.to_dict())
         if family_cfg is not None and fam != family_cfg:
             raise ConfigError(f"config.controllers.{name}: meta-trained on another family than "
                               f"config.controllers.{family_owner} ({fam} vs {family_cfg})")

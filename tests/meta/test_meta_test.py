@@ -20,6 +20,7 @@ from nas_jax.meta.meta_test import (
     markdown_table,
     meta_test_config,
     method_runs,
+    ranked_runs,
     run_meta_test,
     summarise,
     validate_meta_test,
@@ -37,7 +38,7 @@ TABLE_A = np.where(CODES == 25, 0.895, 0.5 + 0.3 * CODES / 26)  # within 0.01: c
 TABLE_A[26] = 0.9
 TABLE_B = np.where(CODES == 26, 0.9, 0.8 - 0.3 * CODES / 26)  # within 0.01: code 26 only
 STRIDES = np.array([9, 3, 1])
-METHODS = ("zero_shot:det", "finetune:det") + BASELINES
+METHODS = ("zero_shot:det", "ranked:det", "finetune:det") + BASELINES
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -125,10 +126,44 @@ def test_deterministic_zero_shot_finds_best_at_once(setup):
     assert summary["factor_scratch_over"]["zero_shot:det"] == scratch
 
 
+def test_ranked_zero_shot_by_hand(setup):
+    """With the heads' weights zero, the policy is a product of per-decision softmaxes of the
+    biases, so the ranking and each task's ranked trace can be computed by hand."""
+    controller, family = setup["controller"], setup["family"]
+    bias = np.array([[0.3, 1.2, -0.4], [0.0, -1.0, 2.0], [0.7, 0.1, 0.5]], np.float32)
+    params = dict(setup["params"], head_b=jnp.asarray(bias))
+    logsm = bias - np.log(np.exp(bias).sum(axis=1, keepdims=True))
+    archs = family.space.enumerate()
+    logp = logsm[np.arange(3), archs].sum(axis=1)
+    order = np.argsort(-logp, kind="stable")
+    task = family.task(int(family.ids("test")[0]))
+    np.testing.assert_array_equal(controller.rank(params, task, archs), order)
+    # The trace: the first 12 of that order in each table, the same for every seed; a budget
+    # beyond the space's 27 architectures cycles through the order again.
+    tables = np.stack([TABLE_A, TABLE_B])
+    fitness, picked = ranked_runs(controller, params, family.stacked("test"), archs, 30, 3)
+    assert fitness.shape == (2, 3, 30) and picked.shape == (2, 3, 30, 3)
+    want = np.concatenate([order, order[:3]])
+    for t in range(2):
+        for s in range(3):
+            np.testing.assert_array_equal(picked[t, s], archs[want])
+            np.testing.assert_allclose(fitness[t, s], tables[t][want], rtol=1e-6)
+    # In the module's run, the deterministic controller ranks (2, 2, 2) first: found at once.
+    ranked = setup["summary"]["methods"]["ranked:det"]
+    np.testing.assert_array_equal(ranked["evals_to_target"], np.ones((2, 4)))
+    assert np.all(setup["runs"]["ranked:det"][1][:, :, 0] == 2)
+    assert setup["summary"]["factor_scratch_over"]["ranked:det"] == \
+        setup["summary"]["methods"]["scratch"]["median_evals"]
+
+
 def test_run_meta_test_writes_outputs(setup, tmp_path):
     trained = tmp_path / "meta_train"
     trained.mkdir()
-    (trained / CONFIG_FILE).write_text(json.dumps(to_python(setup["train_cfg"])))
+    # Recorded as by a run from before the family's `ranges` and `table.chunk_size` fields
+    # existed: they load with their defaults.
+    saved = to_python(setup["train_cfg"])
+    del saved["family"]["ranges"], saved["family"]["table"]["chunk_size"]
+    (trained / CONFIG_FILE).write_text(json.dumps(saved))
     save_controller(str(trained / "controller"), setup["controller"], setup["params"])
     out = tmp_path / "meta_test"
     summary = run_meta_test(_config(str(trained)), str(out))
