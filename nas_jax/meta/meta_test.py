@@ -486,8 +486,30 @@ def write_outputs(workdir: str, summary: dict) -> str:
                 xlabel="architectures evaluated",
                 ylabel="regret (median over tasks of the seed mean)",
                 title=f"{len(summary['task_ids'])} held-out tasks, "
-                      f"{summary['num_seeds']} seeds each", logx=True)
+                      f"{summary['num_seeds']} seeds each", logx=True,
+                styles=curve_styles(summary["methods"]))
     return text
+
+
+_KIND_LINESTYLE = {"zero_shot": "--", "ranked": "-", "finetune": ":"}
+_BASELINE_STYLE = {"scratch": dict(color="black", linestyle="-."),
+                   "regularized_evolution": dict(color="dimgray", linestyle="-"),
+                   "random_search": dict(color="darkgray", linestyle="--")}
+
+
+def curve_styles(methods) -> dict:
+    """Line styles for the regret plot: one colour per controller, the line style by kind
+    (zero-shot dashed, ranked solid, fine-tuned dotted); the baselines in greys."""
+    owners = list(dict.fromkeys(n.split(":", 1)[1] for n in methods if ":" in n))
+    styles = {}
+    for name in methods:
+        if ":" in name:
+            kind, owner = name.split(":", 1)
+            styles[name] = dict(color=f"C{owners.index(owner) % 10}",
+                                linestyle=_KIND_LINESTYLE.get(kind, "-"), linewidth=1.6)
+        else:
+            styles[name] = _BASELINE_STYLE.get(name, {})
+    return styles
 
 
 def run_meta_test(config: ml_collections.ConfigDict, workdir: str) -> dict:

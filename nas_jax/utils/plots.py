@@ -93,13 +93,18 @@ def plot_curves(
     ylabel: str,
     title: str = "",
     logx: bool = False,
+    styles: Mapping[str, Mapping] | None = None,
 ) -> str:
     """Plots several methods' mean curves, each as `name -> (x, mean, std or None)`.
 
     A non-None std is drawn as a shaded mean +- std band. Points with a non-finite x or mean (or
-    x <= 0 when `logx`) are left out; a non-finite std leaves only its band out. Returns the path.
+    x <= 0 when `logx`) are left out; a non-finite std leaves only its band out. `styles` maps
+    a curve's name to matplotlib line keywords (color, linestyle, ...). With more than 6
+    curves the legend goes to the right of the axes, where it hides no line. Returns the path.
     """
-    fig = _new_figure(6.0, 4.0)
+    styles = styles or {}
+    outside = len(curves) > 6
+    fig = _new_figure(8.5 if outside else 6.0, 4.0)
     ax = fig.add_subplot()
     for name, curve in curves.items():
         x, mean, std = curve
@@ -108,7 +113,7 @@ def plot_curves(
         ok = np.isfinite(x) & np.isfinite(mean)
         if logx:
             ok &= x > 0
-        (line,) = ax.plot(x[ok], mean[ok], label=str(name))
+        (line,) = ax.plot(x[ok], mean[ok], label=str(name), **dict(styles.get(name, {})))
         if std is not None:
             std = _vector(f"{name}.std", std, x.size)[ok]
             band = np.isfinite(std)
@@ -125,7 +130,9 @@ def plot_curves(
         ax.set_xscale("log")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
-    if curves:
+    if curves and outside:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
+    elif curves:
         ax.legend(loc="best")
     return _save(fig, path)
 

@@ -16,6 +16,7 @@ from nas_jax.config import ConfigError
 from nas_jax.meta.controller import save_controller
 from nas_jax.meta.meta_test import (
     BASELINES,
+    curve_styles,
     evals_to_target,
     markdown_table,
     meta_test_config,
@@ -241,3 +242,13 @@ def test_config_errors(tmp_path):
         validate_meta_test(c)
     with pytest.raises(ConfigError, match=r"config\.controllers\.det=.*no config\.json"):
         run_meta_test(_config(str(tmp_path / "missing")), str(tmp_path / "out"))
+
+
+def test_curve_styles():
+    """One colour per controller, the line style by kind; baselines in their own styles."""
+    names = ("zero_shot:a", "ranked:a", "finetune:a", "zero_shot:b", "ranked:b") + BASELINES
+    styles = curve_styles(dict.fromkeys(names))
+    assert {styles[n]["color"] for n in names[:3]} == {"C0"}
+    assert {styles[n]["color"] for n in names[3:5]} == {"C1"}
+    assert [styles[n]["linestyle"] for n in names[:3]] == ["--", "-", ":"]
+    assert len({(styles[n]["color"], styles[n]["linestyle"]) for n in names}) == len(names)

@@ -72,6 +72,19 @@ def test_plot_curves(tmp_path):
         _assert_sane_png(path)
 
 
+def test_plot_curves_styles_and_many_curves(tmp_path):
+    """Per-curve line keywords reach the lines; more than 6 curves still make a sane PNG
+    (legend beside the axes)."""
+    x = np.arange(1, 11)
+    curves = {f"m{i}": (x, x * (i + 1.0), None) for i in range(8)}
+    styles = {"m0": dict(color="black", linestyle=":"), "m7": dict(linewidth=3.0)}
+    _assert_sane_png(plot_curves(tmp_path / "many.png", curves, xlabel="e", ylabel="r",
+                                 styles=styles))
+    with pytest.raises((AttributeError, TypeError)):
+        plot_curves(tmp_path / "bad.png", curves, xlabel="e", ylabel="r",
+                    styles={"m1": dict(not_a_line_property=1)})
+
+
 def test_plot_alpha(tmp_path):
     alpha = np.random.default_rng(1).dirichlet(np.ones(5), size=6)
     alpha[2, 1] = np.nan
