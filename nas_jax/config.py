@@ -66,6 +66,10 @@ def search_config() -> ml_collections.ConfigDict:
         # reinforce (ENAS defaults)
         hidden_size=64, temperature=5.0, tanh_constant=2.5, entropy_weight=1e-4,
         learning_rate=3.5e-4, baseline_decay=0.99,
+        # reinforce: start from the controller meta-trained in this experiments/meta_train.py
+        # workdir ("": a fresh controller); it keeps its own policy settings, the ones above
+        # except batch_size and learning_rate are not used (nas_jax/meta/transfer.py)
+        init_from="",
     ))
     c.evaluator = _recipe(name="population", execution="auto",
                           supernet_steps=500, bn_recalibration_batches=4,  # oneshot
@@ -204,6 +208,10 @@ def validate(config: ml_collections.ConfigDict):
         raise ConfigError(f"config.strategy.sample_size={s.sample_size}: must be <= "
                           f"strategy.population_size ({s.population_size})")
     check_strategy(config)
+    if s.init_from and s.name != "reinforce":
+        raise ConfigError(f"config.strategy.init_from={s.init_from!r}: only the reinforce "
+                          f"strategy starts from a meta-trained controller, not "
+                          f"config.strategy.name={s.name!r}")
     space = registry.SPACES.build(config.space.name, config.space)
     if s.population_size > space.size:
         raise ConfigError(f"config.strategy.population_size={s.population_size}: larger than "

@@ -38,6 +38,7 @@ from nas_jax.utils.plots import plot_search_curve
 
 RETRAIN_KEY = 2**31 - 1  # fold_in index of the retraining key, apart from the round keys
 SUPERNET_KEY = 2**31 - 2  # fold_in index of the one-shot supernet's training key
+INIT_FROM_KEY = 2**31 - 3  # ... of a meta-trained controller's fresh task embedding
 
 
 def setup_runtime(runtime: ml_collections.ConfigDict) -> None:
@@ -147,10 +148,17 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     space = registry.SPACES.build(config.space.name, config.space,
                                   input_shape=dataset.input_shape,
                                   num_classes=dataset.num_classes)
-    strategy = registry.STRATEGIES.build(config.strategy.name, config.strategy, space)
+    root = jax.random.key(config.seed)
+    if config.strategy.init_from:  # a meta-trained controller, fine-tuned on this task
+        from nas_jax.meta.transfer import meta_trained_strategy
+
+        strategy = meta_trained_strategy(config.strategy, space, dataset,
+                                         jax.random.fold_in(root, INIT_FROM_KEY))
+        say(f"starting from the controller meta-trained in {config.strategy.init_from}")
+    else:
+        strategy = registry.STRATEGIES.build(config.strategy.name, config.strategy, space)
     evaluator = registry.EVALUATORS.build(config.evaluator.name, config.evaluator, space, dataset)
     evaluator = _with_mesh(evaluator, mesh)
-    root = jax.random.key(config.seed)
     if hasattr(evaluator, "train_supernet"):  # one-shot: train the shared weights once
         evaluator = evaluator.with_supernet(_trained_supernet(
             config, workdir, evaluator, jax.random.fold_in(root, SUPERNET_KEY)))

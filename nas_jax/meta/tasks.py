@@ -70,6 +70,21 @@ def class_features(x, y, num_classes: int) -> jax.Array:
     return jnp.concatenate([mean, jnp.sqrt(jnp.maximum(var, 0.0))], axis=1)
 
 
+def mnist1d_features(x, y, feature_length: int, num_classes: int = 10) -> jax.Array:
+    """An MNIST-1D task's set-encoder input: each training signal (``x`` [N, L] or [N, L, 1])
+    resampled to ``feature_length`` points by linear interpolation, then ``class_features``:
+    ``float32[num_classes, 2 * feature_length]``, the same for every signal length L."""
+    x = np.asarray(x, np.float64)
+    if x.ndim == 3 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.ndim != 2:
+        raise ValueError(f"MNIST-1D features need signals [N, L] or [N, L, 1], got {x.shape}")
+    grid = np.linspace(0.0, 1.0, feature_length)
+    src = np.linspace(0.0, 1.0, x.shape[1])
+    resampled = np.stack([np.interp(grid, src, row) for row in x])
+    return class_features(resampled, np.asarray(y), num_classes)
+
+
 def dense_fitness(table: Table, space: SearchSpace | None = None) -> np.ndarray:
     """A table's mean valid accuracy for every vector of its space, ``float32[space.size]`` in
     ``space.enumerate()`` order (isomorphic vectors share their class's row; missing: -inf)."""
@@ -245,12 +260,9 @@ class Mnist1dVariantFamily(TaskPool):
             data = dataset_from_arrays(f"mnist1d_variant_{i}", raw["x"][..., None], raw["y"],
                                        raw["x_test"][..., None], raw["y_test"], num_classes=10,
                                        valid_fraction=valid_fraction, seed=seed)
-            x, y = np.asarray(data.train.x)[..., 0], np.asarray(data.train.y)
-            grid = np.linspace(0.0, 1.0, feature_length)
-            src = np.linspace(0.0, 1.0, x.shape[1])
-            resampled = np.stack([np.interp(grid, src, row) for row in x])
             tasks.append(Task(task_id=jnp.asarray(i, jnp.int32),
-                              features=class_features(resampled, y, 10),
+                              features=mnist1d_features(data.train.x, data.train.y,
+                                                        feature_length),
                               x=data.train.x, y=data.train.y))
             self.settings.append(s)
             self.datasets.append(data)
