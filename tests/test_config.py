@@ -86,6 +86,18 @@ def test_default_config_file_is_valid():
     validate(default.get_config())
 
 
+@pytest.mark.parametrize("name, arg", [("macro_cnn_mnist1d", None),
+                                       ("search_mnist1d_from_meta", None),
+                                       ("search_mnist1d_from_meta", "scratch")])
+def test_shipped_search_configs_are_valid(name, arg):
+    import importlib
+
+    config = importlib.import_module(f"configs.{name}").get_config(arg)
+    validate(config)
+    if name == "search_mnist1d_from_meta":  # :scratch differs only in the start
+        assert bool(config.strategy.init_from) == (arg is None)
+
+
 def test_entry_point_reports_one_line_before_any_work(tmp_path):
     workdir = tmp_path / "run"
     proc = subprocess.run(
