@@ -8,10 +8,11 @@ workdir with a checkpoint resumes from it), and the trained controller to
 ``workdir/controller`` (``controller.load_controller``). At the end every meta-test task gets
 a zero-shot greedy proposal, scored in its table (``workdir/results.json``).
 
-Families: ``synthetic`` (``SyntheticTableFamily``) and ``mnist1d`` (``Mnist1dVariantFamily``
-over an ``MLPSpace`` or a ``MacroCNNSpace``: every task's table is built by training every
-architecture on that task, cached one file per task in ``family.table_dir``, default
-``<workdir>/tables``).
+Families: ``synthetic`` (``SyntheticTableFamily``), ``mnist1d`` (``Mnist1dVariantFamily``)
+and ``class_subset`` (``ClassSubsetFamily``: ``ways``-class tasks of one dataset, meta-train
+and meta-test tasks on disjoint classes). The last two are over an ``MLPSpace`` or a
+``MacroCNNSpace``: every task's table is built by training every architecture on that task,
+cached one file per task in ``family.table_dir``, default ``<workdir>/tables``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from nas_jax.meta.tasks import (
     MNIST1D_INTEGER,
     MNIST1D_RANGED,
     MNIST1D_RANGES,
+    ClassSubsetFamily,
     Mnist1dVariantFamily,
     SyntheticTableFamily,
     Task,
@@ -47,7 +49,8 @@ from nas_jax.spaces.macro import ACTIVATIONS
 from nas_jax.utils.checkpoint import Checkpointer
 from nas_jax.utils.metrics import MetricWriter, Progress, atomic_write
 
-FAMILIES = ("synthetic", "mnist1d")
+FAMILIES = ("synthetic", "mnist1d", "class_subset")
+TABLE_FAMILIES = ("mnist1d", "class_subset")  # tables trained per task
 TABLE_EXECUTIONS = ("auto", "loop", "vmap")
 FINGERPRINT_FILE = "fingerprint.json"  # in a table_dir: what its tables were built from
 SYNTHETIC_SPACES = ("choices", "mlp")
@@ -77,9 +80,15 @@ def meta_train_config() -> ml_collections.ConfigDict:
         # drawn uniformly from `ranges` ((lo, hi), ints for integer settings; (): the
         # generator's default, tasks.MNIST1D_RANGES by default).
         num_samples=2000, valid_fraction=0.5, feature_length=20,
+        # class_subset: `ways`-class tasks of `dataset` (labels 0..ways-1), each from
+        # examples_per_class training examples per class (its set-encoder features); the
+        # meta-test tasks use only the num_meta_test_classes held-out classes. A task's table
+        # trains on all train examples of its classes (valid_fraction: the valid split).
+        dataset="digits", ways=5, examples_per_class=20, num_meta_test_classes=5,
         ranges=ml_collections.ConfigDict(dict(
             {name: () for name in MNIST1D_RANGED}, **MNIST1D_RANGES)),
-        # ... its space: 'mlp' (max_layers, units, activations) or 'macro_cnn' (num_layers
+        # mnist1d and class_subset: the space, 'mlp' (max_layers, units, activations) or
+        # 'macro_cnn' (num_layers
         # convolutions with filters, kernel_sizes, strides, activations; global pooling)
         max_layers=2, units=(16, 64, 128), activations=("relu", "tanh", "swish"),
         num_layers=2, filters=(16,), kernel_sizes=(3, 9), strides=(1, 2),
@@ -116,8 +125,8 @@ def validate_meta_train(config: ml_collections.ConfigDict) -> None:
     fam, ctl = config.family, config.controller
     if fam.name not in FAMILIES:
         raise ConfigError(f"config.family.name={fam.name!r}; allowed: {', '.join(FAMILIES)}")
-    if fam.name == "mnist1d":
-        validate_mnist1d_family(fam)
+    if fam.name in TABLE_FAMILIES:
+        validate_table_family(fam)
     elif fam.space not in ("", *SYNTHETIC_SPACES):
         raise ConfigError(f"config.family.space={fam.space!r}; allowed for the synthetic "
                           f"family: {', '.join(SYNTHETIC_SPACES)} (or '': choices)")
@@ -142,14 +151,29 @@ def validate_meta_train(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.controller.{field}={ctl[field]}: must be > 0")
 
 
-def validate_mnist1d_family(fam: ml_collections.ConfigDict) -> None:
-    """The ``mnist1d`` family's fields (ConfigError names the field)."""
+def validate_table_family(fam: ml_collections.ConfigDict) -> None:
+    """The ``mnist1d`` or ``class_subset`` family's fields (ConfigError names the field)."""
     if fam.space not in ("", *MNIST1D_SPACES):
-        raise ConfigError(f"config.family.space={fam.space!r}; allowed for the mnist1d "
+        raise ConfigError(f"config.family.space={fam.space!r}; allowed for the {fam.name} "
                           f"family: {', '.join(MNIST1D_SPACES)} (or '': mlp)")
     for field in ("num_samples", "feature_length", "max_layers", "num_layers"):
         if fam[field] < (50 if field == "num_samples" else 1):
             raise ConfigError(f"config.family.{field}={fam[field]}: too small")
+    if fam.name == "class_subset":
+        from nas_jax.data.datasets import KNOWN_DATASETS
+
+        if fam.dataset not in KNOWN_DATASETS:
+            raise ConfigError(f"config.family.dataset={fam.dataset!r}: unknown dataset; "
+                              f"allowed: {', '.join(KNOWN_DATASETS)}")
+        if fam.ways < 2:
+            raise ConfigError(f"config.family.ways={fam.ways}: a task needs >= 2 classes")
+        if fam.examples_per_class < 1:
+            raise ConfigError(f"config.family.examples_per_class={fam.examples_per_class}: "
+                              "must be >= 1")
+        if fam.num_meta_test_classes < fam.ways:
+            raise ConfigError(f"config.family.num_meta_test_classes="
+                              f"{fam.num_meta_test_classes}: a meta-test task draws "
+                              f"config.family.ways={fam.ways} of them, so at least that many")
     if not 0.0 < fam.valid_fraction < 1.0:
         raise ConfigError(f"config.family.valid_fraction={fam.valid_fraction}: must be in "
                           "(0, 1)")
@@ -202,12 +226,14 @@ def mnist1d_space_name(fam: ml_collections.ConfigDict) -> str:
 
 
 def table_build_recipe(fam: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The ``table_build`` config that trains the ``mnist1d`` family's tables."""
+    """The ``table_build`` config that trains the ``mnist1d`` / ``class_subset`` family's
+    tables (the data itself is each task's, given to ``build_table``)."""
     from nas_jax.evaluators.table_build import table_build_config
 
     c, t = table_build_config(), fam.table
     c.seed, c.num_seeds, c.chunk_size = fam.seed, t.num_seeds, t.chunk_size
-    c.dataset.name, c.dataset.valid_fraction = "mnist1d", fam.valid_fraction
+    c.dataset.name = fam.dataset if fam.name == "class_subset" else "mnist1d"
+    c.dataset.valid_fraction = fam.valid_fraction
     c.space.name = mnist1d_space_name(fam)
     c.space.activations = tuple(fam.activations)
     c.space.max_layers, c.space.units = fam.max_layers, tuple(fam.units)
@@ -225,12 +251,17 @@ def _table_fingerprint(fam: ml_collections.ConfigDict) -> dict:
     keys = ("seed", "num_samples", "valid_fraction", "activations")
     keys += (("max_layers", "units") if mnist1d_space_name(fam) == "mlp" else
              ("num_layers", "filters", "kernel_sizes", "strides"))
+    if fam.name == "class_subset":
+        keys = tuple(k for k in keys if k != "num_samples") + (
+            "name", "dataset", "ways", "examples_per_class", "num_meta_test_classes",
+            "num_train", "num_test")  # the tasks' classes are drawn in order of their ids
     out = {k: fam[k] for k in keys}
     out["table"] = fam.table.to_dict()
     if mnist1d_space_name(fam) != "mlp":
         out["space"] = mnist1d_space_name(fam)
     ranges = mnist1d_ranges(fam)
-    if ranges != MNIST1D_RANGES:  # so the folders of runs with the default ranges stay valid
+    if fam.name == "mnist1d" and ranges != MNIST1D_RANGES:
+        # (only then, so the folders of runs with the default ranges stay valid)
         out["ranges"] = ranges
     return json.loads(json.dumps(out))
 
@@ -269,10 +300,45 @@ def build_mnist1d_family(fam: ml_collections.ConfigDict, workdir: str | None = N
                                   ranges=mnist1d_ranges(fam), num_samples=fam.num_samples,
                                   feature_length=fam.feature_length,
                                   valid_fraction=fam.valid_fraction, seed=fam.seed)
+    return _with_space_and_tables(family, fam, workdir, build_tables, num_classes=10)
+
+
+def build_class_subset_family(fam: ml_collections.ConfigDict, workdir: str | None = None, *,
+                              build_tables: bool = True) -> ClassSubsetFamily:
+    """``ways``-class tasks of ``family.dataset`` (meta-test tasks on held-out classes),
+    with the space and tables as ``build_mnist1d_family``."""
+    from nas_jax.data.datasets import load_dataset
+
+    dataset = load_dataset(fam.dataset, valid_fraction=fam.valid_fraction, seed=fam.seed)
+    if fam.num_meta_test_classes > dataset.num_classes - fam.ways:
+        raise ConfigError(f"config.family.num_meta_test_classes={fam.num_meta_test_classes}: "
+                          f"{fam.dataset} has {dataset.num_classes} classes, so at most "
+                          f"{dataset.num_classes - fam.ways} can be held out while the "
+                          f"meta-train tasks still draw config.family.ways={fam.ways}")
+    counts = [np.bincount(np.asarray(split.y), minlength=dataset.num_classes)
+              for split in (dataset.train, dataset.valid, dataset.test)]
+    short = np.flatnonzero((counts[0] < fam.examples_per_class) | (counts[1] < 1)
+                           | (counts[2] < 1))
+    if short.size:
+        raise ConfigError(
+            f"config.family.dataset={fam.dataset!r}: {short.size} of its {dataset.num_classes} "
+            f"classes (e.g. {short[:5].tolist()}) have fewer than config.family."
+            f"examples_per_class={fam.examples_per_class} training examples, or none in the "
+            "valid or test split; every class of a class_subset family needs all three (a "
+            "few-shot dataset whose splits hold disjoint classes, such as glyphs, does not fit)")
+    family = ClassSubsetFamily(dataset, ways=fam.ways, examples_per_class=fam.examples_per_class,
+                               num_train_tasks=fam.num_train, num_test_tasks=fam.num_test,
+                               num_meta_test_classes=fam.num_meta_test_classes, seed=fam.seed)
+    return _with_space_and_tables(family, fam, workdir, build_tables, num_classes=fam.ways)
+
+
+def _with_space_and_tables(family, fam, workdir, build_tables: bool, num_classes: int):
+    """Give ``family`` its space (``family.space``, built through the registry from the
+    table recipe) and every task its table, built or loaded (see ``build_mnist1d_family``)."""
     recipe = table_build_recipe(fam)
     family.space = registry.SPACES.build(recipe.space.name, recipe.space,
                                          input_shape=tuple(family.dataset(0).input_shape),
-                                         num_classes=10)
+                                         num_classes=num_classes)
     path = table_dir(fam, workdir)
     if build_tables:
         _claim_table_dir(path, fam)
@@ -298,6 +364,8 @@ def build_family(fam: ml_collections.ConfigDict, workdir: str | None = None, *,
     """The task family named by ``config.family`` (``workdir``: see ``table_dir``)."""
     if fam.name == "mnist1d":
         return build_mnist1d_family(fam, workdir, build_tables=build_tables)
+    if fam.name == "class_subset":
+        return build_class_subset_family(fam, workdir, build_tables=build_tables)
     space = (default_synthetic_space() if fam.space == "mlp"
              else SearchSpace(num_choices=tuple(fam.num_choices)))
     return SyntheticTableFamily(space, num_train=fam.num_train, num_test=fam.num_test,

@@ -10,8 +10,10 @@ settings (hidden size, temperature, entropy bonus, ...); the search config sets
 
 - ``data`` mode: the set encoder's embedding of the dataset's training split, with the task
   features of the family the controller was meta-trained on (``mnist1d``: per-class
-  statistics of the signals resampled to ``family.feature_length``). A controller meta-trained
-  on the ``synthetic`` family has no features that a dataset could give, so it is refused.
+  statistics of the signals resampled to ``family.feature_length``; ``class_subset``:
+  per-class mean and std of the flattened inputs, over all training examples). A controller
+  meta-trained on the ``synthetic`` family has no features that a dataset could give, so it
+  is refused.
 - ``learned`` mode: a fresh embedding row (trained with the policy).
 - ``none``: no context.
 
@@ -31,7 +33,7 @@ import numpy as np
 from nas_jax.config import ConfigError
 from nas_jax.evaluators.table import space_metadata
 from nas_jax.meta.controller import FinetuneController, load_controller
-from nas_jax.meta.tasks import Task, mnist1d_features
+from nas_jax.meta.tasks import Task, class_features, mnist1d_features
 from nas_jax.spaces.base import SearchSpace
 from nas_jax.utils.metrics import CONFIG_FILE
 
@@ -71,6 +73,8 @@ def task_from_dataset(controller, family: dict, dataset) -> Task:
                 f"{tuple(x.shape[1:])}. Use an MNIST-1D dataset, or a learned/none-mode controller")
         features = mnist1d_features(x, dataset.train.y, int(family["feature_length"]),
                                     dataset.num_classes)
+    elif family.get("name") == "class_subset":
+        features = class_features(dataset.train.x, dataset.train.y, dataset.num_classes)
     else:
         raise ConfigError(
             f"config.strategy.init_from: the controller was meta-trained on the "
