@@ -11,8 +11,8 @@ meta-trained on the same episodes and scored on the same 600 meta-test episodes
         --workdir=/tmp/metanas_5shot
 
 The config argument is the number of shots (default 1). This default is sized to finish in
-under 15 minutes on 2 CPU cores (1-shot: 12:40 measured from a cold compilation cache with a
-16-filter Conv-4; the 48-filter Conv-4 adds about 30 s), far
+under 15 minutes on 2 CPU cores (1-shot: 9:47 measured without a persistent compilation
+cache, all three learners; 12:40 on a slower day with the earlier 16-filter Conv-4), far
 smaller than the paper: 3 cells of 4 channels (the paper's 4 cells / 28 channels are in
 ``configs/metanas_omniglot.py``), 3 inner steps, meta-batch 2, 80 meta-steps and 100 meta-test
 episodes; the supernet runs its edges as scans (``learner.edge_execution``), which compiles
