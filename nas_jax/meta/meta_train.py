@@ -156,9 +156,12 @@ def validate_table_family(fam: ml_collections.ConfigDict) -> None:
     if fam.space not in ("", *MNIST1D_SPACES):
         raise ConfigError(f"config.family.space={fam.space!r}; allowed for the {fam.name} "
                           f"family: {', '.join(MNIST1D_SPACES)} (or '': mlp)")
-    for field in ("num_samples", "feature_length", "max_layers", "num_layers"):
+    mnist1d_only = ("num_samples", "feature_length") if fam.name == "mnist1d" else ()
+    for field in (*mnist1d_only, "max_layers", "num_layers"):
         if fam[field] < (50 if field == "num_samples" else 1):
             raise ConfigError(f"config.family.{field}={fam[field]}: too small")
+    if fam.name == "mnist1d":
+        validate_ranges(fam.ranges)
     if fam.name == "class_subset":
         from nas_jax.data.datasets import KNOWN_DATASETS
 
@@ -180,7 +183,6 @@ def validate_table_family(fam: ml_collections.ConfigDict) -> None:
     for field in ("units", "filters", "kernel_sizes", "strides"):
         if not fam[field] or min(fam[field]) < 1:
             raise ConfigError(f"config.family.{field}={fam[field]}: needs entries >= 1")
-    validate_ranges(fam.ranges)
     unknown = [a for a in fam.activations if a not in ACTIVATIONS]
     if not fam.activations or unknown:
         raise ConfigError(f"config.family.activations={fam.activations}: unknown {unknown}; "
