@@ -25,6 +25,7 @@ import optax
 
 from nas_jax.spaces.nb201 import NB201Space
 from nas_jax.strategies.gradient import GradientSearch
+from nas_jax.train.steps import value_and_grad_params
 
 METHODS = ("darts1", "darts2", "gdas", "gdas_switch", "random_path")
 SWITCH = (("select", "switch"), ("conv_impl", "matmul"))
@@ -63,8 +64,9 @@ def _random_path_step(search: GradientSearch):
         del valid_batch
         arch = search.space.sample(jax.random.fold_in(state.key, state.step))
         weights = search.space.one_hot(arch)
-        (loss, (stats, _)), grads = jax.value_and_grad(search.loss, has_aux=True)(
-            state.params, state.stats, weights, train_batch)
+        (loss, (stats, _)), grads = value_and_grad_params(
+            lambda p, w, s, b: search.loss(p, s, w, b), state.params, weights, state.stats,
+            train_batch)
         updates, w_opt = tx.update(grads, state.w_opt, state.params)
         return state.replace(params=optax.apply_updates(state.params, updates), stats=stats,
                              w_opt=w_opt, step=state.step + 1), {"train_loss": loss}

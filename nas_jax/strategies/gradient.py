@@ -38,7 +38,7 @@ from nas_jax.spaces.nb201 import OPS as NB201_OPS
 from nas_jax.spaces.nb201 import NB201Space
 from nas_jax.strategies.collapse import beta_regularization
 from nas_jax.supernet.darts import ALPHA_SHAPE as DARTS_ALPHA_SHAPE
-from nas_jax.train.steps import cross_entropy
+from nas_jax.train.steps import cross_entropy, value_and_grad_params
 
 METHODS = ("darts", "gdas")
 # DARTS' search supernet: affine-free BN in the cells, BN after pooling (model_search.py).
@@ -266,8 +266,9 @@ class GradientSearch:
         alpha = optax.apply_updates(state.alpha, a_updates)
 
         weights = jax.lax.stop_gradient(self.mixture(k_weight, alpha, state.step))
-        (train_loss, (stats, train_acc)), w_grad = jax.value_and_grad(
-            self.loss, has_aux=True)(state.params, state.stats, weights, train_batch)
+        (train_loss, (stats, train_acc)), w_grad = value_and_grad_params(
+            lambda p, w, s, b: self.loss(p, s, w, b), state.params, weights, state.stats,
+            train_batch)
         w_updates, w_opt = self.weight_optimizer().update(w_grad, state.w_opt, state.params)
         params = optax.apply_updates(state.params, w_updates)
         metrics = {"arch_loss": arch_loss, "valid_accuracy": valid_acc,
