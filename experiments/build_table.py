@@ -13,6 +13,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+if __name__ == "__main__":  # before JAX starts: 2 MiB pages for XLA's buffers (see the module)
+    from nas_jax.utils.hugepages import reexec_with_huge_pages
+
+    reexec_with_huge_pages()
+
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
