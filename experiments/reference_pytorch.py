@@ -1,0 +1,208 @@
+"""A PyTorch reference for the benchmarks, to measure on the same machine side by side.
+
+Not part of nas_jax and not installed with it (needs ``pip install torch``); the numbers it
+prints are the baseline that ``docs/benchmarks.md`` compares ``experiments/benchmark.py``
+with. It builds the NAS-Bench-201 search network the way AutoDL's PyTorch code does (stem,
+3 stages of N cells with C, 2C, 4C channels joined by residual reduction blocks, BN without
+affine parameters in the search cells) and times, with 2 threads unless ``--threads``:
+
+- ``search``: seconds per step of DARTS first order (an architecture step on a valid batch,
+  then a weight step on a train batch, every op of every edge computed), GDAS (a Gumbel
+  hard sample per forward, only the sampled op of each edge computed) and one random
+  single-path weight step, on the NB201 supernet C=16, N=5, 32x32x3, batch 64;
+- ``population``: candidate-steps per second of 16 uniformly sampled cells trained one
+  after another (only each cell's chosen ops), on the small (C=8, N=1, 16x16x3) and large
+  (C=16, N=5, 32x32x3) workloads of ``configs/benchmark_population.py``, batch 64.
+
+    python experiments/reference_pytorch.py --what=search,population
+"""
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to node, from node), NB201 order
+
+
+class ReLUConvBN(nn.Sequential):
+    def __init__(self, c_in, c_out, kernel, stride=1, affine=False):
+        super().__init__(nn.ReLU(), nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2,
+                                              bias=False), nn.BatchNorm2d(c_out, affine=affine))
+
+
+class MixedEdge(nn.Module):
+    """The four ops of an NB201 edge that compute something (``none`` contributes zero)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv1 = ReLUConvBN(channels, channels, 1)
+        self.conv3 = ReLUConvBN(channels, channels, 3)
+        self.pool = nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+
+    def mixture(self, x, w):
+        return w[1] * x + w[2] * self.conv1(x) + w[3] * self.conv3(x) + w[4] * self.pool(x)
+
+    def single(self, x, op):
+        name = OPS[op]
+        if name == "none":
+            return torch.zeros_like(x)
+        if name == "skip_connect":
+            return x
+        return {"nor_conv_1x1": self.conv1, "nor_conv_3x3": self.conv3,
+                "avg_pool_3x3": self.pool}[name](x)
+
+
+class Cell(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.edges = nn.ModuleList(MixedEdge(channels) for _ in EDGES)
+
+    def forward(self, x, weights, ops=None):
+        nodes = [x]
+        for node in range(1, 4):
+            acc = 0
+            for e, (dst, src) in enumerate(EDGES):
+                if dst != node:
+                    continue
+                if ops is None:
+                    acc = acc + self.edges[e].mixture(nodes[src], weights[e])
+                else:
+                    acc = acc + weights[e, ops[e]] * self.edges[e].single(nodes[src], ops[e])
+            nodes.append(acc)
+        return nodes[-1]
+
+
+class Reduction(nn.Module):
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.a = ReLUConvBN(c_in, c_out, 3, 2, affine=True)
+        self.b = ReLUConvBN(c_out, c_out, 3, 1, affine=True)
+        self.shortcut = nn.Sequential(nn.AvgPool2d(2, 2), nn.Conv2d(c_in, c_out, 1, bias=False))
+
+    def forward(self, x):
+        return self.shortcut(x) + self.b(self.a(x))
+
+
+class Network(nn.Module):
+    def __init__(self, channels, cells_per_stage, in_channels=3, classes=10):
+        super().__init__()
+        c = channels
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(c))
+        layers = []
+        for stage, ch in enumerate((c, 2 * c, 4 * c)):
+            if stage:
+                layers.append(Reduction(ch // 2, ch))
+            layers.extend(Cell(ch) for _ in range(cells_per_stage))
+        self.layers = nn.ModuleList(layers)
+        self.head = nn.Sequential(nn.BatchNorm2d(4 * c), nn.ReLU())
+        self.classifier = nn.Linear(4 * c, classes)
+        self.alpha = nn.Parameter(1e-3 * torch.randn(len(EDGES), len(OPS)))
+
+    def forward(self, x, weights, ops=None):
+        h = self.stem(x)
+        for layer in self.layers:
+            h = layer(h, weights, ops) if isinstance(layer, Cell) else layer(h)
+        return self.classifier(self.head(h).mean((2, 3)))
+
+    def weight_parameters(self):
+        return [p for name, p in self.named_parameters() if name != "alpha"]
+
+
+def _optimizers(net):
+    weights = torch.optim.SGD(net.weight_parameters(), 0.025, momentum=0.9, weight_decay=3e-4,
+                              nesterov=True)
+    arch = torch.optim.Adam([net.alpha], 3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+    return weights, arch
+
+
+def _batches(size, n=2):
+    return [(torch.randn(64, 3, size, size), torch.randint(0, 10, (64,))) for _ in range(n)]
+
+
+def time_search(steps=3):
+    net = Network(16, 5)
+    w_opt, a_opt = _optimizers(net)
+    (xt, yt), (xv, yv) = _batches(32)
+
+    def weight_step(weights, ops=None):
+        w_opt.zero_grad()
+        F.cross_entropy(net(xt, weights, ops), yt).backward()
+        nn.utils.clip_grad_norm_(net.weight_parameters(), 5)
+        w_opt.step()
+
+    def darts1():
+        a_opt.zero_grad()
+        F.cross_entropy(net(xv, F.softmax(net.alpha, -1)), yv).backward()
+        a_opt.step()
+        weight_step(F.softmax(net.alpha, -1).detach())
+
+    def hard_sample(tau=10.0):
+        gumbel = -torch.empty_like(net.alpha).exponential_().log()
+        probs = F.softmax((F.log_softmax(net.alpha, -1) + gumbel) / tau, -1)
+        idx = probs.argmax(-1)
+        return F.one_hot(idx, len(OPS)).float() - probs.detach() + probs, idx.tolist()
+
+    def gdas():
+        weights, ops = hard_sample()
+        weight_step(weights, ops)
+        a_opt.zero_grad()
+        weights, ops = hard_sample()
+        F.cross_entropy(net(xv, weights, ops), yv).backward()
+        a_opt.step()
+
+    def random_path():
+        idx = torch.randint(0, len(OPS), (len(EDGES),))
+        weight_step(F.one_hot(idx, len(OPS)).float(), idx.tolist())
+
+    for name, step in (("darts1", darts1), ("gdas", gdas), ("random_path", random_path)):
+        step()  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        print(f"search      {name:12s} {(time.perf_counter() - t0) / steps:8.3f} s/step",
+              flush=True)
+
+
+def time_population(name, channels, cells, size, steps, candidates=16, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    archs = torch.randint(0, len(OPS), (candidates, len(EDGES)), generator=gen).tolist()
+    (x, y), = _batches(size, 1)
+    t0 = time.perf_counter()
+    for ops in archs:
+        net = Network(channels, cells)
+        opt = torch.optim.SGD(net.weight_parameters(), 0.05, momentum=0.9, nesterov=True,
+                              weight_decay=5e-4)
+        weights = F.one_hot(torch.tensor(ops), len(OPS)).float()
+        for _ in range(steps):
+            opt.zero_grad()
+            F.cross_entropy(net(x, weights, ops), y).backward()
+            nn.utils.clip_grad_norm_(net.weight_parameters(), 5)
+            opt.step()
+    seconds = time.perf_counter() - t0
+    print(f"population  {name:12s} {candidates * steps / seconds:8.2f} candidate-steps/s "
+          f"({candidates} x {steps} steps in {seconds:.1f} s)", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--what", default="search,population")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    what = args.what.split(",")
+    if "search" in what:
+        time_search()
+    if "population" in what:
+        time_population("small", 8, 1, 16, 50)
+        time_population("large", 16, 5, 32, 10)
+
+
+if __name__ == "__main__":
+    main()
