@@ -7,6 +7,10 @@ random-single-path (SPOS) weight step, each from a cold start (first call = trac
 
 Reference (gradient-search issue): AutoDL's PyTorch implementation on a 2-core CPU with 2
 threads takes ~2.3 s (DARTS first order), ~0.52 s (GDAS) and ~0.22 s (random single path).
+
+Those reference figures came from a faster CPU; to compare on this machine, run the PyTorch
+reference beside it: ``python experiments/reference_pytorch.py --what=search`` (needs torch;
+docs/benchmarks.md holds both).
 """
 
 from nas_jax.search_benchmark import search_benchmark_config

@@ -8,6 +8,10 @@ large: NB201 C=16, N=5, 32x32x3, batch 64, 16 random cells x 10 steps.
 The vmapped mixture (``vmap``) is listed on accelerators only: on XLA:CPU it computes every
 op of every edge as grouped convolutions and did not finish the small workload in 10 minutes
 on 2 idle cores. Force a list with e.g. ``--config.workloads.small.executions=vmap,loop``.
+
+The goals are ratios to PyTorch; to measure its figures on this machine, run the PyTorch
+reference beside it: ``python experiments/reference_pytorch.py --what=population`` (needs torch;
+docs/benchmarks.md holds both).
 """
 
 from nas_jax.benchmark import benchmark_config

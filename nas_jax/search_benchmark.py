@@ -21,11 +21,9 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from nas_jax.spaces.nb201 import NB201Space
 from nas_jax.strategies.gradient import GradientSearch
-from nas_jax.train.steps import value_and_grad_params
 
 METHODS = ("darts1", "darts2", "gdas", "gdas_switch", "random_path")
 SWITCH = (("select", "switch"), ("conv_impl", "matmul"))
@@ -58,18 +56,14 @@ def _method(space, name: str) -> GradientSearch:
 
 def _random_path_step(search: GradientSearch):
     """A SPOS weight step: a uniformly sampled architecture's one-hot path, weights only."""
-    tx = search.weight_optimizer()
 
     def step(state, train_batch, valid_batch):
         del valid_batch
         arch = search.space.sample(jax.random.fold_in(state.key, state.step))
-        weights = search.space.one_hot(arch)
-        (loss, (stats, _)), grads = value_and_grad_params(
-            lambda p, w, s, b: search.loss(p, s, w, b), state.params, weights, state.stats,
-            train_batch)
-        updates, w_opt = tx.update(grads, state.w_opt, state.params)
-        return state.replace(params=optax.apply_updates(state.params, updates), stats=stats,
-                             w_opt=w_opt, step=state.step + 1), {"train_loss": loss}
+        params, stats, w_opt, loss, _ = search.weight_step(
+            state.params, state.stats, state.w_opt, search.space.one_hot(arch), train_batch)
+        return state.replace(params=params, stats=stats, w_opt=w_opt,
+                             step=state.step + 1), {"train_loss": loss}
 
     return step
 

@@ -251,6 +251,14 @@ class GradientSearch:
                              a_opt=self.arch_optimizer().init(alpha),
                              step=jnp.zeros((), jnp.int32), key=k_state)
 
+    def weight_step(self, params, stats, w_opt, weights: jax.Array, train_batch):
+        """One optimizer step of the supernet weights on ``train_batch`` with the op weights
+        ``weights`` held fixed: ``(params, stats, w_opt, train_loss, train_accuracy)``."""
+        (loss, (stats, accuracy)), grads = value_and_grad_params(
+            lambda p, w, s: self.loss(p, s, w, train_batch), params, weights, stats)
+        updates, w_opt = self.weight_optimizer().update(grads, w_opt, params)
+        return optax.apply_updates(params, updates), stats, w_opt, loss, accuracy
+
     def step(self, state: GradientState, train_batch, valid_batch):
         """One architecture step on ``valid_batch``, then one weight step on ``train_batch``.
 
@@ -266,11 +274,8 @@ class GradientSearch:
         alpha = optax.apply_updates(state.alpha, a_updates)
 
         weights = jax.lax.stop_gradient(self.mixture(k_weight, alpha, state.step))
-        (train_loss, (stats, train_acc)), w_grad = value_and_grad_params(
-            lambda p, w, s, b: self.loss(p, s, w, b), state.params, weights, state.stats,
-            train_batch)
-        w_updates, w_opt = self.weight_optimizer().update(w_grad, state.w_opt, state.params)
-        params = optax.apply_updates(state.params, w_updates)
+        params, stats, w_opt, train_loss, train_acc = self.weight_step(
+            state.params, state.stats, state.w_opt, weights, train_batch)
         metrics = {"arch_loss": arch_loss, "valid_accuracy": valid_acc,
                    "train_loss": train_loss, "train_accuracy": train_acc,
                    "learning_rate": self.learning_rate_at(state.step),
