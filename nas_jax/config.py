@@ -53,6 +53,8 @@ def search_config() -> ml_collections.ConfigDict:
     c.space = ml_collections.ConfigDict(dict(
         name="nb201",
         channels=8, cells_per_stage=1,  # nb201 (and channels: darts)
+        # nb201: the operations every edge chooses from (a subset, in this order)
+        ops=("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"),
         num_cells=8, stem_multiplier=3,  # darts
         num_layers=4, filters=(8, 16, 32, 64), kernel_sizes=(3, 5, 7), strides=(1, 2),
         activations=("relu", "gelu", "tanh", "swish"),  # macro_cnn (activations: mlp too)
@@ -212,7 +214,7 @@ def validate(config: ml_collections.ConfigDict):
         raise ConfigError(f"config.strategy.init_from={s.init_from!r}: only the reinforce "
                           f"strategy starts from a meta-trained controller, not "
                           f"config.strategy.name={s.name!r}")
-    space = registry.SPACES.build(config.space.name, config.space)
+    space = build_space(config.space.name, config.space)
     if s.population_size > space.size:
         raise ConfigError(f"config.strategy.population_size={s.population_size}: larger than "
                           f"the space ({space.size} architectures)")
@@ -252,6 +254,15 @@ def validate(config: ml_collections.ConfigDict):
     return space
 
 
+def build_space(name: str, space_config, **kwargs):
+    """``registry.SPACES.build`` with a space's own refusal (e.g. NB201's ``ops``) raised as
+    a ConfigError on ``config.space``."""
+    try:
+        return registry.SPACES.build(name, space_config, **kwargs)
+    except ValueError as e:
+        raise ConfigError(f"config.space (space {name!r}): {e}") from None
+
+
 def parse_baselines(config) -> list[tuple[str, object, object]]:
     """``config.baselines`` as ``[(space name, space, arch)]``; the spaces are built from
     ``config.space`` with default shapes (the runner rebuilds them for the dataset)."""
@@ -265,7 +276,7 @@ def parse_baselines(config) -> list[tuple[str, object, object]]:
             registry.SPACES.check(name, "space")
         except ValueError as e:
             raise ConfigError(f"{field}: {e}") from None
-        space = registry.SPACES.build(name, config.space)
+        space = build_space(name, config.space)
         if not has_network(space):
             raise ConfigError(f"{field}: space {name!r} has no standalone network")
         if config.retrain.steps == 0:

@@ -42,10 +42,11 @@ EVALUATORS = Registry("evaluator")
 
 
 def _nb201(cfg, input_shape=(32, 32, 3), num_classes=10):
-    from nas_jax.spaces.nb201 import NB201Space
+    from nas_jax.spaces.nb201 import OPS, NB201Space
 
     return NB201Space(channels=cfg.channels, cells_per_stage=cfg.cells_per_stage,
-                      input_shape=tuple(input_shape), num_classes=num_classes)
+                      input_shape=tuple(input_shape), num_classes=num_classes,
+                      ops=tuple(cfg.get("ops", OPS)))
 
 
 def _darts(cfg, input_shape=(32, 32, 3), num_classes=10):

@@ -38,7 +38,6 @@ from flax import nnx
 from nas_jax import ops
 from nas_jax.evaluators.population import NETWORKS, init_candidate, network_graphdef
 from nas_jax.spaces.darts import PRIMITIVES as DARTS_OPS
-from nas_jax.spaces.nb201 import OPS as NB201_OPS
 from nas_jax.supernet.darts import DartsNetwork, edge_weights
 from nas_jax.supernet.nb201 import NB201Network
 
@@ -79,7 +78,6 @@ def _op_in_path(path: tuple):
 def _nb201_sites(space, weights):
     """ReLUConvBN inputs (cell operations by their mixture weight, reduction blocks 1) and
     the ReLU after ``head_bn``; the other batch norms feed no ReLU."""
-    del space
 
     def site(kind, path):
         if kind == "output":
@@ -87,7 +85,7 @@ def _nb201_sites(space, weights):
         op = _op_in_path(path)
         if op is None or weights is None:
             return 1.0
-        return weights[op[0], NB201_OPS.index(op[1])]
+        return weights[op[0], space.ops.index(op[1])]
 
     return site
 

@@ -3,6 +3,11 @@
 A cell has 4 nodes; node ``j`` sums one operation applied to each earlier node. The six
 edges, in the benchmark's string order, are (1<-0), (2<-0), (2<-1), (3<-0), (3<-1),
 (3<-2). Each edge takes one of 5 operations: 15,625 cells.
+
+``NB201Space(ops=...)`` restricts every edge to a subset of the 5 operations (kept in the
+benchmark's order; an architecture's integers index that subset), e.g. without
+``avg_pool_3x3``: 4,096 cells, 871 functionally distinct. Such a subspace's cells are cells
+of the full space, computing the same functions.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ class NB201Space(SearchSpace):
       cells_per_stage: N, cells in each of the 3 stages.
       input_shape: per-example input (H, W, channels), e.g. (32, 32, 3) for CIFAR.
       num_classes: width of the classifier.
+      ops: the operations every edge chooses from, a subset of ``OPS`` of at least 2 in
+        ``OPS``' order (default: all 5); ``num_choices`` follows from it.
     """
 
     num_choices: tuple[int, ...] = (len(OPS),) * len(EDGES)
@@ -37,17 +44,32 @@ class NB201Space(SearchSpace):
     cells_per_stage: int = 5
     input_shape: tuple[int, int, int] = (32, 32, 3)
     num_classes: int = 10
+    ops: tuple[str, ...] = OPS
 
     def __post_init__(self):
-        if self.num_choices != (len(OPS),) * len(EDGES):
-            raise ValueError("NB201Space.num_choices is fixed at 6 edges x 5 operations")
+        ops = tuple(self.ops)
+        unknown = [op for op in ops if op not in OPS]
+        if unknown or len(ops) < 2 or len(set(ops)) != len(ops) or \
+                list(ops) != sorted(ops, key=OPS.index):
+            raise ValueError(f"NB201Space.ops={ops!r}: give at least 2 distinct operations of "
+                             f"{', '.join(OPS)}, in that order")
+        object.__setattr__(self, "ops", ops)
+        expected = (len(ops),) * len(EDGES)
+        if tuple(self.num_choices) not in (expected, (len(OPS),) * len(EDGES)):
+            raise ValueError(f"NB201Space.num_choices is fixed at 6 edges x len(ops); got "
+                             f"{self.num_choices} for {len(ops)} ops")
+        object.__setattr__(self, "num_choices", expected)
         for field in ("channels", "cells_per_stage", "num_classes"):
             if getattr(self, field) < 1:
                 raise ValueError(f"NB201Space.{field} must be >= 1, got {getattr(self, field)}")
 
     @property
     def op_names(self) -> tuple[str, ...]:
-        return OPS
+        return self.ops
+
+    def full_indices(self, arch) -> np.ndarray:
+        """``arch`` as indices into the full ``OPS`` (the same cell in the 5-op space)."""
+        return np.asarray([OPS.index(op) for op in self.ops], np.int32)[self.validate(arch)]
 
     # ------------------------------------------------------------ strings
     def to_string(self, arch) -> str:
@@ -55,7 +77,7 @@ class NB201Space(SearchSpace):
         arch = self.validate(arch)
         nodes = []
         for node in range(1, NUM_NODES):
-            terms = [f"{OPS[arch[e]]}~{src}" for e, (dst, src) in enumerate(EDGES) if dst == node]
+            terms = [f"{self.ops[arch[e]]}~{src}" for e, (dst, src) in enumerate(EDGES) if dst == node]
             nodes.append("|" + "|".join(terms) + "|")
         return "+".join(nodes)
 
@@ -72,15 +94,16 @@ class NB201Space(SearchSpace):
             sources = set()
             for term in terms:
                 m = re.fullmatch(r"(\w+)~(\d+)", term)
-                if not m or m.group(1) not in OPS:
-                    raise ValueError(f"bad NB201 term {term!r}; ops are {', '.join(OPS)}")
+                if not m or m.group(1) not in self.ops:
+                    raise ValueError(f"bad NB201 term {term!r}; this space's ops are "
+                                     f"{', '.join(self.ops)}")
                 src = int(m.group(2))
                 if src in sources:
                     raise ValueError(f"node {node} of {text!r} lists input {src} twice")
                 sources.add(src)
                 if (node, src) not in EDGES:
                     raise ValueError(f"bad NB201 edge {src}->{node} in {text!r}")
-                arch[EDGES.index((node, src))] = OPS.index(m.group(1))
+                arch[EDGES.index((node, src))] = self.ops.index(m.group(1))
         return arch
 
     # -------------------------------------------------------- canonical form
@@ -91,12 +114,13 @@ class NB201Space(SearchSpace):
         ``none`` edges and edges from dead nodes are dropped, ``skip_connect`` is the identity,
         and the order of summed inputs does not matter (so nodes 1 and 2 may swap).
         """
-        return np.asarray(_canonical_table()[_cell_expression(tuple(self.validate(arch)))],
-                          np.int32)
+        full = tuple(int(a) for a in self.full_indices(arch))
+        return np.asarray(_canonical_table(self.ops)[_cell_expression(full)], np.int32)
 
     def num_unique(self) -> int:
-        """Number of functionally distinct cells under ``canonical``'s rule (4,930)."""
-        return len(_canonical_table())
+        """Number of functionally distinct cells under ``canonical``'s rule (4,930 for all
+        5 ops, 871 without ``avg_pool_3x3``)."""
+        return len(_canonical_table(self.ops))
 
     # ------------------------------------------------------------- costs
     def _stage_channels(self) -> tuple[int, int, int]:
@@ -105,7 +129,7 @@ class NB201Space(SearchSpace):
 
     def num_params(self, arch) -> int:
         """Trainable parameters of the standalone network (conv, BN affine, classifier)."""
-        arch = self.validate(arch)
+        arch = self.full_indices(arch)
         c_in = self.input_shape[-1]
         c = self.channels
         total = 9 * c_in * c + 2 * c  # stem conv + BN
@@ -122,11 +146,11 @@ class NB201Space(SearchSpace):
 
     def flops(self, arch) -> int:
         """Multiply-adds x2 of one forward pass for one example (convolutions and classifier)."""
-        arch = self.validate(arch)
+        arch = self.full_indices(arch)
         h, w, c_in = self.input_shape
         c = self.channels
         total = 2 * h * w * 9 * c_in * c
-        live = _live_edges(tuple(arch))
+        live = _live_edges(tuple(int(a) for a in arch))
         cell_macs = sum(CONV_KERNEL.get(OPS[a], 0) ** 2 for a, on in zip(arch, live) if on)
         for stage, ch in enumerate(self._stage_channels()):
             if stage > 0:
@@ -139,7 +163,7 @@ class NB201Space(SearchSpace):
 
 
 def _live_edges(arch: tuple[int, ...]) -> tuple[bool, ...]:
-    """Edges that influence the cell output (non-none, source reachable, target reaches out)."""
+    """(``arch`` in full ``OPS`` indices.) Edges that influence the cell output (non-none, source reachable, target reaches out)."""
     on = [OPS[a] != "none" for a in arch]
     reach = {0}
     for node in range(1, NUM_NODES):
@@ -155,7 +179,7 @@ def _live_edges(arch: tuple[int, ...]) -> tuple[bool, ...]:
 
 
 def _cell_expression(arch: tuple[int, ...]) -> tuple:
-    """The output node as a sorted multiset of operation paths (see ``canonical``)."""
+    """(``arch`` in full ``OPS`` indices.) The output node as a sorted multiset of operation paths (see ``canonical``)."""
     exprs: list[tuple] = [(("x",),)]
     for node in range(1, NUM_NODES):
         terms: list = []
@@ -171,11 +195,13 @@ def _cell_expression(arch: tuple[int, ...]) -> tuple:
     return exprs[-1]
 
 
-@functools.lru_cache(maxsize=1)
-def _canonical_table() -> dict:
-    """Expression -> smallest integer vector with that expression, over all 15,625 cells."""
+@functools.lru_cache(maxsize=8)
+def _canonical_table(ops: tuple[str, ...] = OPS) -> dict:
+    """Expression -> smallest integer vector (indices into ``ops``) with that expression,
+    over every cell of the space with those ops (15,625 for all 5)."""
     table: dict = {}
-    for arch in NB201Space().enumerate():
+    to_full = [OPS.index(op) for op in ops]
+    for arch in NB201Space(ops=ops).enumerate():
         key = tuple(int(a) for a in arch)
-        table.setdefault(_cell_expression(key), key)
+        table.setdefault(_cell_expression(tuple(to_full[a] for a in key)), key)
     return table

@@ -16,7 +16,6 @@ import numpy as np
 
 from nas_jax.spaces.darts import CELLS, PRIMITIVES, DartsSpace, decision_index
 from nas_jax.spaces.darts import NUM_NODES as DARTS_NODES
-from nas_jax.spaces.nb201 import OPS as NB201_OPS
 from nas_jax.spaces.nb201 import NB201Space
 from nas_jax.strategies.gradient import alpha_shape
 from nas_jax.supernet.darts import edge_index
@@ -57,7 +56,7 @@ def op_names(space, arch) -> list[str]:
     """The op chosen by each op decision of ``arch`` (NB201: 6 edges; DARTS: 16 slots)."""
     arch = space.validate(arch)
     if isinstance(space, NB201Space):
-        return [NB201_OPS[a] for a in arch]
+        return [space.ops[a] for a in arch]
     if isinstance(space, DartsSpace):
         return [PRIMITIVES[arch[decision_index(c, n, s, 1)]]
                 for c in range(len(CELLS)) for n in range(DARTS_NODES) for s in range(2)]

@@ -34,7 +34,6 @@ from flax import nnx, struct
 from nas_jax.evaluators.population import init_candidate, network_graphdef
 from nas_jax.spaces.darts import DartsSpace
 from nas_jax.spaces.nb201 import EDGES as NB201_EDGES
-from nas_jax.spaces.nb201 import OPS as NB201_OPS
 from nas_jax.spaces.nb201 import NB201Space
 from nas_jax.strategies.collapse import beta_regularization
 from nas_jax.supernet.darts import ALPHA_SHAPE as DARTS_ALPHA_SHAPE
@@ -46,9 +45,10 @@ DARTS_SEARCH_OPTIONS = {"affine": False, "pool_bn": True}
 
 
 def alpha_shape(space) -> tuple[int, ...]:
-    """The shape of ``alpha`` for a space: NB201 ``(6, 5)``, DARTS ``(2, 14, 8)``."""
+    """The shape of ``alpha`` for a space: NB201 ``(6, len(space.ops))`` (``(6, 5)``),
+    DARTS ``(2, 14, 8)``."""
     if isinstance(space, NB201Space):
-        return (len(NB201_EDGES), len(NB201_OPS))
+        return (len(NB201_EDGES), len(space.ops))
     if isinstance(space, DartsSpace):
         return DARTS_ALPHA_SHAPE
     raise ValueError(f"gradient search supports the nb201 and darts spaces, got "

@@ -30,10 +30,12 @@ class NB201Cell(nnx.Module):
     """
 
     def __init__(self, channels: int, edge_ops: tuple[tuple[str, ...], ...], *,
-                 select: str = "mixture", impl: str = "xla", rngs: nnx.Rngs):
+                 select: str = "mixture", impl: str = "xla", op_names: tuple[str, ...] = OPS,
+                 rngs: nnx.Rngs):
         if select not in SELECTS:
             raise ValueError(f"select={select!r}; allowed: {', '.join(SELECTS)}")
         self.edge_ops = edge_ops
+        self.op_names = tuple(op_names)  # the space's ops: the columns of the mixture weights
         self.select = select
         for e, names in enumerate(edge_ops):
             for name in names:
@@ -57,11 +59,13 @@ class NB201Cell(nnx.Module):
 
     def _switched(self, e: int, h: jax.Array, weights: jax.Array, train: bool) -> jax.Array:
         idx = jnp.argmax(weights[e])
-        branches = [lambda cell, h, name=name: cell._branch(e, name, train, h) for name in OPS]
+        branches = [lambda cell, h, name=name: cell._branch(e, name, train, h)
+                    for name in self.op_names]
         return weights[e, idx] * nnx.switch(idx, branches, self, h)
 
     def __call__(self, x: jax.Array, weights: jax.Array | None, train: bool) -> jax.Array:
-        """``weights``: ``float[6, 5]`` mixture weights per edge, or None (single op per edge)."""
+        """``weights``: ``float[6, len(ops)]`` mixture weights per edge, or None (single op
+        per edge)."""
         nodes = [x]
         for node in range(1, NUM_NODES):
             acc = jnp.zeros_like(x)
@@ -76,7 +80,7 @@ class NB201Cell(nnx.Module):
                     if out is None:
                         continue
                     if weights is not None:
-                        out = weights[e, OPS.index(name)] * out
+                        out = weights[e, self.op_names.index(name)] * out
                     acc = acc + out
             nodes.append(acc)
         return nodes[-1]
@@ -94,10 +98,10 @@ class NB201Network(nnx.Module):
     def __init__(self, space: NB201Space, arch=None, *, select: str = "mixture",
                  conv_impl: str = "xla", rngs: nnx.Rngs):
         if arch is None:
-            edge_ops = tuple(OPS for _ in EDGES)
+            edge_ops = tuple(space.ops for _ in EDGES)
         else:
             arch = space.validate(arch)
-            edge_ops = tuple(() if OPS[a] == "none" else (OPS[a],) for a in arch)
+            edge_ops = tuple(() if space.ops[a] == "none" else (space.ops[a],) for a in arch)
         self.is_supernet = arch is None
         c_in = space.input_shape[-1]
         c = space.channels
@@ -107,7 +111,8 @@ class NB201Network(nnx.Module):
         for stage, ch in enumerate((c, 2 * c, 4 * c)):
             if stage > 0:
                 layers.append(ops.ResidualReduction(ch // 2, ch, impl=conv_impl, rngs=rngs))
-            layers.extend(NB201Cell(ch, edge_ops, select=select, impl=conv_impl, rngs=rngs)
+            layers.extend(NB201Cell(ch, edge_ops, select=select, impl=conv_impl, op_names=space.ops,
+                                    rngs=rngs)
                           for _ in range(space.cells_per_stage))
         self.layers = nnx.List(layers)
         self.head_bn = ops.BatchNorm(4 * c)
@@ -115,9 +120,11 @@ class NB201Network(nnx.Module):
 
     def __call__(self, x: jax.Array, weights: jax.Array | None = None, *,
                  train: bool = False) -> jax.Array:
-        """Logits ``float[B, classes]``; the supernet needs ``weights`` ``float[6, 5]``."""
+        """Logits ``float[B, classes]``; the supernet needs ``weights``
+        ``float[6, len(space.ops)]``."""
         if self.is_supernet and weights is None:
-            raise ValueError("the NB201 supernet needs weights float[6, 5] (e.g. space.one_hot)")
+            raise ValueError("the NB201 supernet needs weights float[6, len(space.ops)] (e.g. "
+                             "space.one_hot)")
         h = self.stem_bn(self.stem(x), train)
         for layer in self.layers:
             if isinstance(layer, NB201Cell):
