@@ -21,10 +21,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from nas_jax import registry
-from nas_jax.config import ConfigError
+from nas_jax.config import ConfigError, build_space, search_config
 from nas_jax.data.datasets import KNOWN_DATASETS, load_dataset, stratified_split
-from nas_jax.evaluators.table import TableEvaluator
+from nas_jax.evaluators.table import TableEvaluator, table_config_problem
 from nas_jax.runner import open_run
 from nas_jax.spaces.darts import CELLS
 from nas_jax.spaces.nb201 import EDGES as NB201_EDGES
@@ -54,7 +53,8 @@ def gradient_search_config() -> ml_collections.ConfigDict:
     c.dataset = ml_collections.ConfigDict(dict(name="digits", data_dir="",
                                                valid_fraction=0.1))
     c.space = ml_collections.ConfigDict(dict(name="nb201", channels=4, cells_per_stage=1,
-                                             num_cells=8, stem_multiplier=3))
+                                             num_cells=8, stem_multiplier=3,
+                                             ops=search_config().space.ops))  # nb201
     c.strategy = ml_collections.ConfigDict(dict(
         name="darts", order=1, learning_rate=0.025, min_learning_rate=0.001, momentum=0.9,
         nesterov=False, weight_decay=3e-4, grad_clip=5.0, arch_learning_rate=3e-4, arch_beta1=0.5,
@@ -111,6 +111,11 @@ def validate_gradient_config(config: ml_collections.ConfigDict) -> None:
     if config.table_path and not os.path.isfile(os.path.expanduser(config.table_path)):
         raise ConfigError(f"config.table_path={config.table_path!r}: no such file (leave it "
                           "empty to skip the table lookup)")
+    if config.space.name in SPACES:
+        space = build_space(config.space.name, config.space)
+        problem = config.table_path and table_config_problem(config.table_path, space)
+        if problem:
+            raise ConfigError(f"config.table_path={config.table_path!r}: {problem}")
 
 
 def _get(config, dotted: str):
@@ -138,8 +143,8 @@ def _check_fields(config, schema, prefix: str) -> None:
 
 def build_search(config, input_shape, num_classes: int) -> GradientSearch:
     """The space and ``GradientSearch`` a config describes (``total_steps`` set later)."""
-    space = registry.SPACES.build(config.space.name, config.space, input_shape=input_shape,
-                                  num_classes=num_classes)
+    space = build_space(config.space.name, config.space, input_shape=input_shape,
+                        num_classes=num_classes)
     fields = {name: config.strategy[name] for name in SEARCH_FIELDS}
     return GradientSearch(space, method=config.strategy.name, **fields)
 

@@ -42,6 +42,8 @@ CASES = [
     ({"space__channels": "8"}, "config.space.channels='8'", "must be int"),
     ({"space__cells_per_stage": 2.5}, "config.space.cells_per_stage=2.5", "must be int"),
     ({"retrain__steps": -1}, "config.retrain.steps=-1", ">= 0"),
+    ({"space__ops": ("skip_connect", "none")}, "config.space (space 'nb201'): NB201Space.ops",
+     "at least 2 distinct operations of none, skip_connect"),
     ({"checkpoint__every_rounds": 0}, "config.checkpoint.every_rounds=0", "> 0"),
     ({"strategy__batch_size": 100, "budget__num_evaluations": 10},
      "config.strategy.batch_size=100", "num_evaluations"),

@@ -278,8 +278,14 @@ def table_config_problem(path: str, space: SearchSpace | None = None) -> str | N
         table_space = space_from_metadata(meta["space"])
     except (OSError, ValueError, KeyError, TypeError, ImportError, AttributeError) as e:
         return f"not a readable {FORMAT} file ({type(e).__name__}: {e})"
-    if space is not None and (type(table_space) is not type(space)
-                              or table_space.num_choices != space.num_choices):
+    if space is None:
+        return None
+    ops = getattr(table_space, "op_names", None)
+    if type(table_space) is type(space) and ops != getattr(space, "op_names", None):
+        return (f"the table's architectures choose among the ops {', '.join(ops)}; the "
+                f"config's space among {', '.join(space.op_names)} (set config.space.ops to "
+                "the table's)")
+    if type(table_space) is not type(space) or table_space.num_choices != space.num_choices:
         return (f"the table is over {type(table_space).__name__} with num_choices="
                 f"{table_space.num_choices}; the config's space is {type(space).__name__} "
                 f"with num_choices={space.num_choices}")

@@ -77,7 +77,8 @@ class NB201Space(SearchSpace):
         arch = self.validate(arch)
         nodes = []
         for node in range(1, NUM_NODES):
-            terms = [f"{self.ops[arch[e]]}~{src}" for e, (dst, src) in enumerate(EDGES) if dst == node]
+            terms = [f"{self.ops[arch[e]]}~{src}" for e, (dst, src) in enumerate(EDGES)
+                     if dst == node]
             nodes.append("|" + "|".join(terms) + "|")
         return "+".join(nodes)
 
@@ -163,7 +164,8 @@ class NB201Space(SearchSpace):
 
 
 def _live_edges(arch: tuple[int, ...]) -> tuple[bool, ...]:
-    """(``arch`` in full ``OPS`` indices.) Edges that influence the cell output (non-none, source reachable, target reaches out)."""
+    """Edges that influence the cell output (non-none, source reachable, target reaches
+    out); ``arch`` in full ``OPS`` indices."""
     on = [OPS[a] != "none" for a in arch]
     reach = {0}
     for node in range(1, NUM_NODES):
@@ -179,7 +181,8 @@ def _live_edges(arch: tuple[int, ...]) -> tuple[bool, ...]:
 
 
 def _cell_expression(arch: tuple[int, ...]) -> tuple:
-    """(``arch`` in full ``OPS`` indices.) The output node as a sorted multiset of operation paths (see ``canonical``)."""
+    """The output node as a sorted multiset of operation paths (see ``canonical``);
+    ``arch`` in full ``OPS`` indices."""
     exprs: list[tuple] = [(("x",),)]
     for node in range(1, NUM_NODES):
         terms: list = []

@@ -25,13 +25,15 @@ from nas_jax.evaluators.table import (
 from nas_jax.evaluators.table_build import synthetic_table
 from nas_jax.spaces.base import SearchSpace
 from nas_jax.spaces.macro import MLPSpace
-from nas_jax.spaces.nb201 import NB201Space
+from nas_jax.spaces.nb201 import OPS, NB201Space
 from nas_jax.strategies.base import scan_search
 from nas_jax.strategies.evolution import RandomSearch
 from nas_jax.train.steps import Recipe
 
 NB201 = NB201Space(channels=8, cells_per_stage=1, input_shape=(8, 8, 1))
 SMALL = SearchSpace(num_choices=(3, 4, 2))  # no canonical form: every vector is a row
+SMALL_MLP = MLPSpace(max_layers=2, units=(4, 8), activations=("relu", "tanh"),
+                     input_shape=(8, 8, 1), num_classes=4)
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +184,35 @@ def test_config_and_registry(tmp_path, nb201_table):
     c.evaluator.table_path = str(tmp_path / "small.npz")
     with pytest.raises(ConfigError, match="num_choices"):
         validate(c)
+
+
+def test_op_subset_table_is_complete_and_refuses_other_ops(tmp_path):
+    sub = NB201Space(channels=8, cells_per_stage=1, input_shape=(8, 8, 1), ops=OPS[:4])
+    table = synthetic_table(sub, jax.random.key(1))
+    assert table.archs.shape == (871, 6) and table.complete and table.space == sub
+    table.save(tmp_path / "sub.npz")
+    evaluator = TableEvaluator.from_path(str(tmp_path / "sub.npz"), space=sub)
+    rows = np.asarray(evaluator.rows(sub.enumerate()))
+    assert rows.min() >= 0 and len(np.unique(rows)) == 871
+    c = search_config()
+    c.evaluator = ml_collections.ConfigDict({**c.evaluator.to_dict(), "name": "table",
+                                             "table_path": str(tmp_path / "sub.npz")})
+    with pytest.raises(ConfigError, match="ops none, skip_connect, nor_conv_1x1, nor_conv_3x3;"
+                                          " the config's space among .*avg_pool_3x3.*space.ops"):
+        validate(c)
+    c.space.ops = OPS[:4]
+    assert validate(c).ops == sub.ops
+
+
+def test_build_trains_nb201_with_the_switch_supernet_on_cpu():
+    recipe = Recipe(steps=2, batch_size=8)
+    assert table_build.CandidateTrainer(NB201, recipe).execution == "switch"
+    assert table_build.CandidateTrainer(NB201, recipe, "loop").execution == "loop"
+    assert table_build.CandidateTrainer(SMALL_MLP, recipe).execution == "loop"
+    c = table_build.table_build_config()
+    c.evaluator.execution = "compiled"
+    with pytest.raises(ConfigError, match="execution='compiled'"):
+        table_build.validate_build(c)
 
 
 # ------------------------------------------------------------------------ building

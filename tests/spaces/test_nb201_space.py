@@ -205,3 +205,47 @@ def test_flops_ordering():
         none, conv3, conv1 = (space.flops((op,) * 6) for op in (NONE, CONV3, CONV1))
         assert none < conv1 < conv3
         assert space.flops((SKIP,) * 6) == none == space.flops((POOL,) * 6)
+
+
+# ------------------------------------------------------- an operation subset (ops=...)
+SUB = NB201Space(ops=("none", "skip_connect", "nor_conv_3x3"))
+NO_POOL = NB201Space(ops=OPS[:4])
+
+
+def test_op_subset_sizes_and_fields():
+    assert SUB.num_choices == (3,) * 6 and SUB.size == 729 and SUB.op_names == SUB.ops
+    assert NO_POOL.num_choices == (4,) * 6 and NO_POOL.num_unique() == 871
+    assert SUB != SPACE and hash(SUB) != hash(SPACE)
+    # The full space's num_choices may be passed along (as a table's metadata does).
+    assert NB201Space(num_choices=(5,) * 6, ops=SUB.ops) == SUB
+    for bad in (("skip_connect", "none"), ("none",), ("none", "conv"), ("none", "none")):
+        with pytest.raises(ValueError, match="ops"):
+            NB201Space(ops=bad)
+    with pytest.raises(ValueError, match="num_choices"):
+        NB201Space(num_choices=(4,) * 6, ops=SUB.ops)
+
+
+def test_op_subset_strings_index_the_subset():
+    arch = np.array([2, 1, 0, 2, 2, 1])  # conv3x3, skip, none, ...
+    text = SUB.to_string(arch)
+    assert text == SPACE.to_string(SUB.full_indices(arch))
+    np.testing.assert_array_equal(SUB.from_string(text), arch)
+    np.testing.assert_array_equal(SUB.full_indices(arch), [3, 1, 0, 3, 3, 1])
+    with pytest.raises(ValueError, match="this space's ops are none, skip_connect, nor_conv_3x3"):
+        SUB.from_string("|avg_pool_3x3~0|+|none~0|none~1|+|none~0|none~1|none~2|")
+
+
+def test_op_subset_canonical_classes_are_the_full_space_classes():
+    """A subspace cell's class is its full-space class restricted to the subspace; the
+    representative is the smallest subspace member; costs equal the full space's."""
+    full_key = {}
+    for arch in NO_POOL.enumerate():
+        full = tuple(int(a) for a in SPACE.canonical(NO_POOL.full_indices(arch)))
+        rep = tuple(int(a) for a in NO_POOL.canonical(arch))
+        assert full_key.setdefault(rep, full) == full  # one full class per subspace class
+        assert rep <= tuple(int(a) for a in arch)
+    assert len(full_key) == 871 and len(set(full_key.values())) == 871
+    for arch in NO_POOL.enumerate()[::97]:
+        mapped = NO_POOL.full_indices(arch)
+        assert NO_POOL.num_params(arch) == SPACE.num_params(mapped)
+        assert NO_POOL.flops(arch) == SPACE.flops(mapped)

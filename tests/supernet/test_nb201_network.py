@@ -189,3 +189,22 @@ def test_switch_select_equals_mixture_for_one_hot_weights(supernet):
             state, w, X, False)[0]
         np.testing.assert_allclose(logits, mixture(state, w, X, False)[0], rtol=1e-5,
                                    atol=1e-5)
+
+
+def test_op_subset_supernet_is_the_full_supernet_on_its_columns(supernet):
+    """The supernet of ``ops=(...)`` holds the full supernet's modules for those ops (same
+    paths), and mixing its columns gives the full supernet's output for weights that are
+    zero on the other ops."""
+    state, forward, _ = supernet
+    sub_space = NB201Space(channels=2, cells_per_stage=1, input_shape=(8, 8, 1),
+                           num_classes=3, ops=("none", "skip_connect", "nor_conv_3x3"))
+    graphdef, sub_state = nnx.split(nnx.eval_shape(lambda: NB201Network(sub_space, None,
+                                                                        rngs=nnx.Rngs(0))))
+    sub_state = extract_standalone(state, sub_state)
+    cell_ops = {str(p[2]) for p, _ in nnx.to_flat_state(sub_state) if p[:2] == ("layers", 0)}
+    assert cell_ops == {f"e{e}_nor_conv_3x3" for e in range(6)}
+    w = jax.nn.softmax(jax.random.normal(jax.random.key(3), (6, 3)), -1)
+    full_w = jnp.zeros((6, 5)).at[:, jnp.array([0, 1, 3])].set(w)
+    sub_logits = nnx.merge(graphdef, sub_state)(X, w, train=False)
+    full_logits, _ = forward(state, full_w, X, False)
+    np.testing.assert_allclose(sub_logits, full_logits, rtol=1e-5, atol=1e-5)
