@@ -20,7 +20,7 @@ OPS_4 = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3")
 def get_config(arg=None):
     del arg
     c = collapse_config()
-    c.seeds = 3
+    c.seeds = 5
     c.beta_weight = 50.0
     s = c.search
     s.dataset.name = "digits"

@@ -1,12 +1,13 @@
 """A NAS-Bench-201-style table on `digits`: every canonical NB201 cell (4,930 classes), C=8,
-N=1, trained 3 times (seeds) with the population evaluator's recipe, scored on valid and test.
+N=1, trained 3 times (seeds) with the population evaluator's recipe for 30 steps, scored on
+valid and test.
 
     python experiments/build_table.py --config=configs/table_nb201_digits.py \
         --out=tables/nb201_c8n1_digits.npz
 
 Resumable (rerun the same command), shardable (``--shard=i/n`` in n processes, then
-``--merge``); ``--limit=N`` trains only the first N cells for a quick check. The recipe is a
-short one; tune it before the full build.
+``--merge``); ``--limit=N`` trains only the first N cells for a quick check. The full space takes ~1.5
+hours on 2 CPU cores (measured on the 871-cell subspace of ``table_nb201_4ops_digits.py``).
 """
 
 from nas_jax.evaluators.table_build import table_build_config
@@ -24,7 +25,12 @@ def get_config(arg=None):
     c.space.channels = 8
     c.space.cells_per_stage = 1
     c.evaluator.name = "population"
-    c.evaluator.steps = 100  # ~5.5 epochs of the 1,150 training digits at batch 64
+    # 30 steps (~1.7 epochs of the 1,150 training digits at batch 64): after 100 steps nearly
+    # every cell is within 2 points of the best (the 5th-99th percentile of 871 cells' test
+    # accuracy spanned 0.973-0.991, seed noise 0.004) and a cell's mean valid accuracy told
+    # little about its test accuracy (correlation 0.39). At 30 steps, on the same first 48
+    # cells: 0.75-0.91, correlation 0.975; skip-only cells 0.67, conv-3x3-heavy ones 0.91.
+    c.evaluator.steps = 30
     c.evaluator.batch_size = 64
     c.evaluator.learning_rate = 0.1
     return c
