@@ -14,7 +14,8 @@ and its number of parameter-free ops move while the search goes on. Variants:
 ``run_collapse(config, workdir)`` (``experiments/collapse.py``) writes ``collapse.json``,
 ``collapse.md`` (mean +- std over seeds of the returned cell's table accuracy, its
 parameter-free ops, the epochs run) and two plots against the epoch:
-``collapse_accuracy.png`` and ``collapse_param_free.png``.
+``collapse_accuracy.png`` and ``collapse_param_free.png`` (a run stopped early counts with
+the cell it returned at every later epoch). A finished run is read back, not rerun.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from nas_jax.gradient_search import (
     run_gradient_search,
     validate_gradient_config,
 )
+from nas_jax.runner import check_same_run
 from nas_jax.utils.metrics import CONFIG_FILE, atomic_write, read_jsonl
 from nas_jax.utils.plots import plot_curves
 
@@ -88,12 +90,29 @@ def validate_collapse(config: ml_collections.ConfigDict) -> None:
         validate_gradient_config(variant_config(config, name, 0))
 
 
-def _curve(rows: list[dict], key: str, epochs: int) -> np.ndarray:
+def _curve(rows: list[dict], key: str, epochs: int, returned=None) -> np.ndarray:
+    """``key`` of the derived cell after each epoch; a run stopped early returns the cell
+    ``returned`` (its value of ``key``) at every later epoch, so curves average what each
+    run would hand back if asked at that epoch."""
     out = np.full(epochs, np.nan)
+    last = 0
     for row in rows:
         if row.get(key) is not None and row.get("step", 0) >= 1:
             out[int(row["step"]) - 1] = float(row[key])
+            last = max(last, int(row["step"]))
+    if returned is not None and last < epochs:
+        out[last:] = returned
     return out
+
+
+def _run(config: ml_collections.ConfigDict, run_dir: str) -> dict:
+    """A finished run's result (same config), else run or resume it."""
+    path = os.path.join(run_dir, "result.json")
+    if os.path.isfile(path):
+        check_same_run(run_dir, config)
+        with open(path) as f:
+            return json.load(f)
+    return run_gradient_search(config, run_dir)
 
 
 def _mean_std(values) -> tuple[float, float]:
@@ -121,16 +140,21 @@ def run_collapse(config: ml_collections.ConfigDict, workdir: str) -> dict:
         for seed in range(config.seeds):
             run_dir = os.path.join(workdir, name, f"seed{seed}")
             print(f"collapse study: {name}, seed {seed} -> {run_dir}", flush=True)
-            result = run_gradient_search(variant_config(config, name, seed), run_dir)
+            result = _run(variant_config(config, name, seed), run_dir)
             rows = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+            stopped = result["early_stopped"]
+            test = result.get("table_test_accuracy", np.nan)
             runs.append({"seed": seed, "genotype": result["arch_string"],
-                         "table_test_accuracy": result.get("table_test_accuracy", np.nan),
+                         "table_test_accuracy": test,
                          "table_valid_accuracy": result.get("table_valid_accuracy", np.nan),
                          "num_parameter_free": result["num_parameter_free"],
                          "epochs_run": result["epochs_run"],
                          "returned_epoch": result.get("returned_epoch", result["epochs_run"]),
-                         "accuracy_by_epoch": _curve(rows, "table_test_accuracy", epochs),
-                         "param_free_by_epoch": _curve(rows, "num_parameter_free", epochs)})
+                         "accuracy_by_epoch": _curve(rows, "table_test_accuracy", epochs,
+                                                     test if stopped else None),
+                         "param_free_by_epoch": _curve(rows, "num_parameter_free", epochs,
+                                                       result["num_parameter_free"]
+                                                       if stopped else None)})
         acc = np.stack([r["accuracy_by_epoch"] for r in runs])
         free = np.stack([r["param_free_by_epoch"] for r in runs])
         x = np.arange(1, epochs + 1)
@@ -153,7 +177,7 @@ def run_collapse(config: ml_collections.ConfigDict, workdir: str) -> dict:
     atomic_write(os.path.join(workdir, "collapse.md"), lambda f: f.write(summary["markdown"]))
     plot_curves(os.path.join(workdir, "collapse_accuracy.png"), acc_curves, xlabel="epoch",
                 ylabel="derived cell's table test accuracy",
-                title="Derived cell by epoch (mean +- std over seeds)")
+                title="Cell returned at each epoch (mean +- std over seeds)")
     plot_curves(os.path.join(workdir, "collapse_param_free.png"), free_curves, xlabel="epoch",
                 ylabel="parameter-free ops in the derived cell",
                 title="Parameter-free ops by epoch (mean +- std over seeds)")

@@ -144,3 +144,25 @@ def test_entry_point_names_the_build_command_when_the_table_is_missing(tmp_path)
     assert proc.returncode == 2
     assert f"config.table_path='{missing}'" in proc.stderr
     assert "experiments/build_table.py --config=configs/table_nb201_digits.py" in proc.stderr
+
+
+def test_shipped_table_serves_the_shipped_configs(monkeypatch):
+    """The table in tables/ is complete over its space (every distinct NB201 cell without
+    avg_pool_3x3), built with the recipe its config describes, and the comparison and the
+    collapse study configs that read it validate against it."""
+    import importlib
+
+    from nas_jax.collapse_study import validate_collapse
+
+    monkeypatch.chdir(REPO)  # the configs name the table relative to the repository
+    monkeypatch.syspath_prepend(REPO)
+    table_config = importlib.import_module("configs.table_nb201_4ops_digits").get_config()
+    compare = importlib.import_module("configs.compare_nb201_digits").get_config()
+    collapse = importlib.import_module("configs.collapse_nb201_4ops_digits").get_config()
+    table = TableEvaluator.from_path(compare.table_path).table
+    assert table.complete and table.archs.shape == (871, 6)
+    assert table.space.ops == tuple(table_config.space.ops) == tuple(collapse.search.space.ops)
+    assert table.metadata["recipe"]["steps"] == table_config.evaluator.steps
+    assert table.valid_accuracy.shape == (871, 3) and np.isfinite(table.test_accuracy).all()
+    validate_compare(compare)
+    validate_collapse(collapse)
