@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from nas_jax.collapse_study import collapse_config, run_collapse, validate_collapse
+from nas_jax.collapse_study import _curve, collapse_config, run_collapse, validate_collapse
 from nas_jax.config import ConfigError
 from nas_jax.evaluators.table import TableEvaluator
 from nas_jax.evaluators.table_build import synthetic_table
@@ -19,12 +19,12 @@ OPS_4 = OPS[:4]
 
 def tiny_config(table_path):
     c = collapse_config()
-    c.variants = ("darts", "darts_es")  # one program: early stopping only reads diagnostics
+    c.variants = ("darts", "beta_darts")
     c.seeds = 2
     s = c.search
     s.space.channels, s.space.ops = 2, OPS_4
     s.train.epochs, s.train.steps_per_epoch, s.train.batch_size = 2, 2, 8
-    s.diagnostics.eigen_every, s.diagnostics.eigen_iters = 1, 2
+    s.diagnostics.eigen_every = 0  # the eigenvalue's program is tested in test_gradient_search
     s.table_path = table_path
     s.runtime.compilation_cache_dir = ""
     s.runtime.progress_interval_s = 0.0
@@ -48,7 +48,7 @@ def test_study_scores_every_returned_cell_in_the_table(tmp_path, table_path):
         jax.config.update("jax_threefry_partitionable", previous)
     table = TableEvaluator.from_path(table_path)
     space = table.space
-    assert set(summary["variants"]) == {"darts", "darts_es"}
+    assert set(summary["variants"]) == {"darts", "beta_darts"}
     for name, v in summary["variants"].items():
         accs = []
         for run in v["runs"]:
@@ -63,14 +63,25 @@ def test_study_scores_every_returned_cell_in_the_table(tmp_path, table_path):
             accs.append(expected)
         assert v["table_test_accuracy_mean"] == pytest.approx(np.mean(accs))
         assert v["table_test_accuracy_std"] == pytest.approx(np.std(accs))
-    # darts_es differs from darts only once the eigenvalue triggers a stop: same cells here.
-    assert [r["genotype"] for r in summary["variants"]["darts"]["runs"]] == \
-        [r["genotype"] for r in summary["variants"]["darts_es"]["runs"]]
     with open(tmp_path / "collapse.json") as f:
         assert json.load(f)["variants"]["darts"]["runs"][0]["seed"] == 0
     for name in ("collapse.md", "collapse_accuracy.png", "collapse_param_free.png"):
         assert os.path.getsize(tmp_path / name) > 0
-    assert "| darts_es |" in summary["markdown"]
+    assert "| beta_darts |" in summary["markdown"]
+    for name, weight in (("darts", 0.0), ("beta_darts", 50.0)):  # what each variant ran
+        with open(tmp_path / name / "seed1" / "config.json") as f:
+            run_config = json.load(f)
+        assert run_config["strategy"]["beta_weight"] == weight and run_config["seed"] == 1
+    # A finished study is read back, not rerun: the same summary at once.
+    again = run_collapse(tiny_config(table_path), str(tmp_path))
+    assert again["markdown"] == summary["markdown"]
+
+
+def test_an_early_stopped_run_keeps_its_returned_cell_in_the_curves():
+    rows = [{"step": 1, "acc": 0.5}, {"step": 2, "acc": 0.6}, {"step": 3, "acc": None}]
+    np.testing.assert_array_equal(_curve(rows, "acc", 5), [0.5, 0.6, np.nan, np.nan, np.nan])
+    np.testing.assert_array_equal(_curve(rows, "acc", 5, returned=0.55),
+                                  [0.5, 0.6, 0.55, 0.55, 0.55])
 
 
 @pytest.mark.parametrize("field, value, message", [
