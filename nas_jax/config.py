@@ -22,6 +22,7 @@ from nas_jax.evaluators.population import (
 )
 from nas_jax.evaluators.zero_cost import EXECUTIONS as ZERO_COST_EXECUTIONS
 from nas_jax.evaluators.zero_cost import has_relu_sites, naswot_space_names
+from nas_jax.spaces.nb201 import OPS as NB201_OPS
 from nas_jax.strategies.genetic import ENCODINGS
 from nas_jax.train.steps import OPTIMIZERS
 from nas_jax.utils.sharding import mesh_shape
@@ -54,7 +55,7 @@ def search_config() -> ml_collections.ConfigDict:
         name="nb201",
         channels=8, cells_per_stage=1,  # nb201 (and channels: darts)
         # nb201: the operations every edge chooses from (a subset, in this order)
-        ops=("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"),
+        ops=NB201_OPS,
         num_cells=8, stem_multiplier=3,  # darts
         num_layers=4, filters=(8, 16, 32, 64), kernel_sizes=(3, 5, 7), strides=(1, 2),
         activations=("relu", "gelu", "tanh", "swish"),  # macro_cnn (activations: mlp too)
