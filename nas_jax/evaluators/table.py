@@ -39,8 +39,12 @@ PER_SEED = ("valid_accuracy", "test_accuracy", "valid_loss", "train_loss", "trai
 PER_ROW = ("params", "flops")
 ROWS = ("canonical", "architectures")
 DENSE_LIMIT = 1 << 22  # spaces up to this size get a dense int32 index (16 MiB)
-BUILD_COMMAND = ("python experiments/build_table.py --config=configs/table_nb201_digits.py "
-                 "--out={path}")
+BUILD_COMMAND = "python experiments/build_table.py --config={config} --out={path}"
+# The tables the repository ships, by file name, and the configs that build them.
+SHIPPED_TABLES = {
+    "nb201_c8n1_digits.npz": "configs/table_nb201_digits.py",
+    "nb201_4ops_c8n1_digits.npz": "configs/table_nb201_4ops_digits.py",
+}
 
 
 class TableNotFoundError(FileNotFoundError):
@@ -48,7 +52,13 @@ class TableNotFoundError(FileNotFoundError):
 
 
 def not_found_message(path: str) -> str:
-    return (f"no table at {path}; build it with `{BUILD_COMMAND.format(path=path)}` (add "
+    """Where ``path`` names a shipped table (by file name), the command that rebuilds it;
+    otherwise the command with a table config to choose."""
+    config = SHIPPED_TABLES.get(os.path.basename(str(path)))
+    command = BUILD_COMMAND.format(config=config or "CONFIG", path=path)
+    choose = ("" if config else
+              f" with CONFIG the table's build config (e.g. {', '.join(SHIPPED_TABLES.values())})")
+    return (f"no table at {path}; build it with `{command}`{choose} (add "
             "--limit=N for a quick partial table, --synthetic for a synthetic one, or "
             "--from_nats=PATH to convert NAS-Bench-201/NATS-Bench results)")
 

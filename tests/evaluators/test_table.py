@@ -148,8 +148,14 @@ def test_sorted_code_index_equals_dense(nb201_table, nb201_evaluator):
 
 def test_load_errors_name_the_problem(tmp_path, nb201_table):
     missing = str(tmp_path / "nope.npz")
-    with pytest.raises(TableNotFoundError, match="build_table.py.*--out=.*nope.npz"):
+    with pytest.raises(TableNotFoundError, match="build_table.py.*--out=.*nope.npz") as info:
         Table.load(missing)
+    assert "--config=CONFIG" in str(info.value)  # not a shipped table: the user picks a config
+    assert "configs/table_nb201_digits.py" in str(info.value)
+    with pytest.raises(TableNotFoundError) as info:  # a shipped table's name: its own config
+        Table.load(tmp_path / "nb201_4ops_c8n1_digits.npz")
+    assert ("build_table.py --config=configs/table_nb201_4ops_digits.py --out="
+            f"{tmp_path / 'nb201_4ops_c8n1_digits.npz'}") in str(info.value)
     np.savez(tmp_path / "bad.npz", archs=np.zeros((2, 6), np.int32))
     with pytest.raises(ValueError, match="missing arrays: metadata"):
         Table.load(tmp_path / "bad.npz")

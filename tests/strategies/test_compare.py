@@ -135,7 +135,7 @@ def test_config_errors(tmp_path):
 
 
 def test_entry_point_names_the_build_command_when_the_table_is_missing(tmp_path):
-    missing = str(tmp_path / "missing.npz")
+    missing = str(tmp_path / "nb201_4ops_c8n1_digits.npz")  # a shipped table's name
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "experiments", "compare.py"),
          f"--config={os.path.join(REPO, 'configs', 'compare_nb201_digits.py')}",
@@ -143,26 +143,29 @@ def test_entry_point_names_the_build_command_when_the_table_is_missing(tmp_path)
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert f"config.table_path='{missing}'" in proc.stderr
-    assert "experiments/build_table.py --config=configs/table_nb201_digits.py" in proc.stderr
+    assert (f"experiments/build_table.py --config=configs/table_nb201_4ops_digits.py "
+            f"--out={missing}") in proc.stderr
 
 
-def test_shipped_table_serves_the_shipped_configs(monkeypatch):
-    """The table in tables/ is complete over its space (every distinct NB201 cell without
-    avg_pool_3x3), built with the recipe its config describes, and the comparison and the
-    collapse study configs that read it validate against it."""
+@pytest.mark.parametrize("suffix, cells", [("", 4930), ("_4ops", 871)])
+def test_shipped_tables_serve_the_shipped_configs(monkeypatch, suffix, cells):
+    """Each table in tables/ is complete over its space (every distinct NB201 cell: the full
+    space, and the space without avg_pool_3x3), built with the recipe its config describes,
+    and the comparison and collapse study configs that read it validate against it."""
     import importlib
 
     from nas_jax.collapse_study import validate_collapse
 
     monkeypatch.chdir(REPO)  # the configs name the table relative to the repository
     monkeypatch.syspath_prepend(REPO)
-    table_config = importlib.import_module("configs.table_nb201_4ops_digits").get_config()
-    compare = importlib.import_module("configs.compare_nb201_digits").get_config()
-    collapse = importlib.import_module("configs.collapse_nb201_4ops_digits").get_config()
+    table_config = importlib.import_module(f"configs.table_nb201{suffix}_digits").get_config()
+    compare = importlib.import_module(f"configs.compare_nb201{suffix}_digits").get_config()
+    collapse = importlib.import_module(f"configs.collapse_nb201{suffix}_digits").get_config()
+    assert compare.table_path == collapse.search.table_path
     table = TableEvaluator.from_path(compare.table_path).table
-    assert table.complete and table.archs.shape == (871, 6)
+    assert table.complete and table.archs.shape == (cells, 6)
     assert table.space.ops == tuple(table_config.space.ops) == tuple(collapse.search.space.ops)
     assert table.metadata["recipe"]["steps"] == table_config.evaluator.steps
-    assert table.valid_accuracy.shape == (871, 3) and np.isfinite(table.test_accuracy).all()
+    assert table.valid_accuracy.shape == (cells, 3) and np.isfinite(table.test_accuracy).all()
     validate_compare(compare)
     validate_collapse(collapse)
