@@ -11,7 +11,11 @@ executed is a measured, per-backend choice (see ``resolve_execution``):
   (``HostLoopTrainer``: nothing waits on the host per step). On XLA:CPU, vmapped
   convolutions over per-candidate weights become grouped convolutions, measured 50-90x
   slower per candidate than the single-candidate program, and a step inside ``lax.scan``
-  ran 3.5x slower than the same step dispatched from Python, so this is the CPU choice.
+  ran 3.5x slower than the same step dispatched from Python, so a host loop is the CPU
+  choice.
+- ``switch``: the same host loop on a supernet that computes only each edge's chosen op
+  (NB201; ``auto``'s choice on CPU where the network has it).
+- ``compiled``: one standalone program per distinct (canonical) architecture.
 """
 
 from __future__ import annotations
@@ -42,12 +46,21 @@ EXECUTION_OPTIONS = {"switch": {"select": "switch", "conv_impl": "matmul"}}
 MESH_LOOP_EXECUTIONS = ("loop", "switch")  # host-loop executions that use a mesh
 
 
-def resolve_execution(execution: str) -> str:
-    """``auto`` -> ``loop`` on CPU, ``vmap`` on accelerators; otherwise as given."""
+def resolve_execution(execution: str, space=None) -> str:
+    """``auto`` -> ``vmap`` on accelerators; on CPU ``switch`` where ``space``'s network has
+    it (NB201), else ``loop``; any other value as given.
+
+    ``switch`` won every CPU measurement of NB201 population training (2 cores, one run
+    each side by side; docs/benchmarks.md): C=8, N=1 on 8x8 digits 63 s against 99 s for 16
+    cells x 3 seeds; the population benchmark's small workload 48 s against 53 s and its
+    large one 287 s against 430 s.
+    """
     if execution not in EXECUTIONS:
         raise ValueError(f"execution={execution!r}; allowed: {', '.join(EXECUTIONS)}")
     if execution == "auto":
-        return "loop" if jax.default_backend() == "cpu" else "vmap"
+        if jax.default_backend() != "cpu":
+            return "vmap"
+        return "switch" if space is not None and supports_switch(space) else "loop"
     return execution
 
 
@@ -115,7 +128,7 @@ class PopulationEvaluator:
       train: ``(x, y)`` device arrays the candidates are trained on.
       valid: ``(x, y)`` device arrays they are scored on.
       recipe: the per-candidate training recipe.
-      execution: ``auto`` | ``loop`` | ``vmap``.
+      execution: one of ``EXECUTIONS`` (``auto``: see ``resolve_execution``).
       mesh: optional ``(candidates, data)`` mesh (``utils.sharding.make_mesh``). ``vmap``
         splits the population over ``candidates`` and each candidate's batch over ``data``;
         the host-loop executions (``MESH_LOOP_EXECUTIONS``) place candidates on the mesh's
@@ -132,7 +145,7 @@ class PopulationEvaluator:
     mesh: jax.sharding.Mesh | None = None
 
     def __post_init__(self):
-        object.__setattr__(self, "execution", resolve_execution(self.execution))
+        object.__setattr__(self, "execution", resolve_execution(self.execution, self.space))
         if self.execution == "switch" and not supports_switch(self.space):
             raise ValueError(f"execution='switch': the {type(self.space).__name__} network "
                              "has no switch mode; use loop, compiled or vmap")

@@ -15,6 +15,7 @@ from nas_jax import ops, registry
 from nas_jax.data.datasets import quadrant_images
 from nas_jax.evaluators import population
 from nas_jax.evaluators.population import PopulationEvaluator, resolve_execution, train_standalone
+from nas_jax.spaces.macro import MLPSpace
 from nas_jax.spaces.nb201 import NB201Space
 from nas_jax.train.steps import Recipe
 
@@ -141,8 +142,15 @@ def test_loop_and_vmap_agree(mini_supernet, caplog):
 
 def test_execution_choice():
     assert resolve_execution("loop") == "loop" and resolve_execution("vmap") == "vmap"
-    expected = "loop" if jax.default_backend() == "cpu" else "vmap"
-    assert resolve_execution("auto") == expected
+    assert resolve_execution("loop", SPACE) == "loop"
+    on_cpu = jax.default_backend() == "cpu"
+    assert resolve_execution("auto") == ("loop" if on_cpu else "vmap")
+    # On CPU, NB201's switch supernet (chosen ops only); spaces without one keep the loop.
+    assert resolve_execution("auto", SPACE) == ("switch" if on_cpu else "vmap")
+    assert PopulationEvaluator(SPACE, TRAIN, VALID, RECIPE).execution == (
+        "switch" if on_cpu else "vmap")
+    assert resolve_execution("auto", MLPSpace(input_shape=(4,), num_classes=2)) == (
+        "loop" if on_cpu else "vmap")
     with pytest.raises(ValueError,
                        match="execution='pmap'; allowed: auto, loop, switch, compiled, vmap"):
         PopulationEvaluator(SPACE, TRAIN, VALID, RECIPE, execution="pmap")
@@ -158,7 +166,7 @@ def test_registry_builds_the_population_evaluator():
     evaluator = registry.EVALUATORS.build("population", cfg, SPACE, dataset)
     assert isinstance(evaluator, PopulationEvaluator)
     assert evaluator.recipe == Recipe(steps=5, batch_size=8, learning_rate=0.1)
-    assert evaluator.execution == resolve_execution("auto")
+    assert evaluator.execution == resolve_execution("auto", SPACE)
     assert evaluator.train[0] is TRAIN[0] and evaluator.valid[1] is VALID[1]
 
 
