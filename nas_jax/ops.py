@@ -6,6 +6,9 @@ Layouts are NHWC. Every module takes ``(x, train)``; batch-norm statistics live 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Sequence
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -54,37 +57,80 @@ class BatchNorm(nnx.Module):
         return (x - mean) * inv
 
 
-CONV_IMPLS = ("xla", "matmul")
+CONV_IMPLS = ("xla", "matmul", "taps")
+
+
+def _xla_conv(x, kernel, stride: int, dilation: int, pad: int):
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+        rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _tap_views(x: jax.Array, kh: int, kw: int, h_out: int, w_out: int, stride: int,
+               dilation: int, pad: int) -> list[jax.Array]:
+    """The ``kh*kw`` shifted (and strided) views of ``x`` that a convolution's taps read."""
+    if pad:
+        x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    return [jax.lax.slice(x, (0, i * dilation, j * dilation, 0),
+                          (x.shape[0], i * dilation + (h_out - 1) * stride + 1,
+                           j * dilation + (w_out - 1) * stride + 1, x.shape[3]),
+                          (1, stride, stride, 1))
+            for i in range(kh) for j in range(kw)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_taps(x, kernel, stride: int, dilation: int, pad: int):
+    return _xla_conv(x, kernel, stride, dilation, pad)
+
+
+def _conv_taps_fwd(x, kernel, stride, dilation, pad):
+    return _xla_conv(x, kernel, stride, dilation, pad), (x, kernel)
+
+
+def _conv_taps_bwd(stride, dilation, pad, res, g):
+    x, kernel = res
+    kh, kw, c_in, c_out = kernel.shape
+    if stride == 1 and 2 * pad == dilation * (kh - 1) == dilation * (kw - 1):
+        # 'same' padding: the input gradient is the forward convolution of g with the
+        # flipped, transposed kernel (XLA's own input-gradient form is slow in a branch).
+        flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+        dx = _xla_conv(g, flipped, 1, dilation, pad)
+    else:
+        dx = jax.vjp(lambda x: _xla_conv(x, kernel, stride, dilation, pad), x)[1](g)[0]
+    views = _tap_views(x, kh, kw, g.shape[1], g.shape[2], stride, dilation, pad)
+    g_flat = g.reshape(-1, c_out)
+    dk = jnp.stack([v.reshape(-1, c_in).T @ g_flat for v in views])
+    return dx, dk.reshape(kh, kw, c_in, c_out)
+
+
+_conv_taps.defvjp(_conv_taps_fwd, _conv_taps_bwd)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, dilation: int = 1,
            pad: int = 0, impl: str = "xla") -> jax.Array:
-    """NHWC x HWIO convolution with symmetric zero padding ``pad``.
+    """NHWC x HWIO convolution with symmetric zero padding ``pad``; the same numbers (up to
+    rounding) and gradients whatever ``impl`` computes them:
 
-    ``impl="xla"`` is XLA's convolution. ``impl="matmul"`` gathers the k*k shifted views
-    (im2col by slicing) and contracts them with the kernel in one matmul: the same numbers,
-    but its gradient stays a matmul, which keeps convolutions fast inside ``lax.switch`` /
-    ``lax.cond`` branches on XLA:CPU (an XLA convolution's gradient there was measured ~20x
-    slower than outside a branch; the matmul form's was not).
+    - ``xla``: XLA's convolution and its gradients.
+    - ``matmul``: the k*k shifted views (im2col by slicing) contracted with the kernel in one
+      matmul, so the gradients are matmuls too.
+    - ``taps``: XLA's convolution forward and input gradient; the kernel gradient as one
+      ``[C_in, C_out]`` contraction per tap (shifted view x output gradient). For
+      convolutions inside ``lax.switch`` / ``lax.cond`` branches on XLA:CPU: there, XLA's
+      kernel-gradient convolution ran ~280x slower than outside a branch (4.3 s vs 15.6 ms
+      for six 64x32x32x16 3x3 kernels), while forward and input-gradient convolutions and
+      contractions kept their speed (docs/benchmarks.md).
     """
     if impl == "xla":
-        return jax.lax.conv_general_dilated(
-            x, kernel, window_strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-            rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return _xla_conv(x, kernel, stride, dilation, pad)
+    if impl == "taps":
+        return _conv_taps(x, kernel, stride, dilation, pad)
     if impl != "matmul":
         raise ValueError(f"conv impl={impl!r}; allowed: {', '.join(CONV_IMPLS)}")
     kh, kw, c_in, c_out = kernel.shape
-    if pad:
-        x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    h_out = (x.shape[1] - dilation * (kh - 1) - 1) // stride + 1
-    w_out = (x.shape[2] - dilation * (kw - 1) - 1) // stride + 1
-    views = [
-        jax.lax.slice(x, (0, i * dilation, j * dilation, 0),
-                      (x.shape[0], i * dilation + (h_out - 1) * stride + 1,
-                       j * dilation + (w_out - 1) * stride + 1, c_in),
-                      (1, stride, stride, 1))
-        for i in range(kh) for j in range(kw)
-    ]
+    h_out = (x.shape[1] + 2 * pad - dilation * (kh - 1) - 1) // stride + 1
+    w_out = (x.shape[2] + 2 * pad - dilation * (kw - 1) - 1) // stride + 1
+    views = _tap_views(x, kh, kw, h_out, w_out, stride, dilation, pad)
     patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
     return patches @ kernel.reshape(kh * kw * c_in, c_out)
 
@@ -282,3 +328,33 @@ class FactorizedReduce(nnx.Module):
         x = jax.nn.relu(x)
         shifted = jnp.pad(x[:, 1:, 1:], ((0, 0), (0, 1), (0, 1), (0, 0)))
         return self.bn(jnp.concatenate([self.conv_a(x), self.conv_b(shifted)], axis=-1), train)
+
+
+def remat_switch(index: jax.Array, branches: Sequence[Callable], *operands):
+    """``lax.switch(index, branches, *operands)`` whose gradient recomputes the taken branch.
+
+    Differentiating a plain ``lax.switch`` makes every branch return the residuals of all
+    branches (zeros for the others') for the backward switch to pick from, so each call
+    writes and keeps every branch's intermediates, whichever runs. On XLA:CPU that cost
+    ~20 ms per switched NB201 edge at 64x32x32x16 even when the chosen op is a skip
+    connection (six such edges, forward + backward: 105 ms plain vs 10 ms here). Here the
+    forward keeps only the operands, and the backward switches to the taken branch's VJP,
+    which runs its forward again: one extra forward of the chosen op. Reverse-mode only
+    (``jax.jvp`` through it is not defined); gradients equal ``lax.switch``'s.
+    """
+    branches = tuple(branches)
+
+    @jax.custom_vjp
+    def switched(index, *operands):
+        return jax.lax.switch(index, branches, *operands)
+
+    def fwd(index, *operands):
+        return jax.lax.switch(index, branches, *operands), (index, operands)
+
+    def bwd(res, g):
+        index, operands = res
+        backs = [lambda g, *ops, b=b: jax.vjp(b, *ops)[1](g) for b in branches]
+        return (None, *jax.lax.switch(index, backs, g, *operands))
+
+    switched.defvjp(fwd, bwd)
+    return switched(index, *operands)

@@ -26,7 +26,7 @@ from nas_jax.spaces.nb201 import NB201Space
 from nas_jax.strategies.gradient import GradientSearch
 
 METHODS = ("darts1", "darts2", "gdas", "gdas_switch", "random_path")
-SWITCH = (("select", "switch"), ("conv_impl", "matmul"))
+SWITCH = (("select", "switch"), ("conv_impl", "taps"))
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 

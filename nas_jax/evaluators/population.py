@@ -42,7 +42,7 @@ from nas_jax.utils import sharding
 
 EXECUTIONS = ("auto", "loop", "switch", "compiled", "vmap")
 # Network options of the supernet each host-loop execution trains.
-EXECUTION_OPTIONS = {"switch": {"select": "switch", "conv_impl": "matmul"}}
+EXECUTION_OPTIONS = {"switch": {"select": "switch", "conv_impl": "taps"}}
 MESH_LOOP_EXECUTIONS = ("loop", "switch")  # host-loop executions that use a mesh
 
 

@@ -53,15 +53,34 @@ class NB201Cell(nnx.Module):
             return ops.avg_pool_3x3(h)
         return getattr(self, f"e{e}_{name}")(h, train)
 
-    def _branch(self, e: int, name: str, train: bool, h: jax.Array) -> jax.Array:
-        out = self._apply(e, name, h, train)
-        return jnp.zeros_like(h) if out is None else out
-
     def _switched(self, e: int, h: jax.Array, weights: jax.Array, train: bool) -> jax.Array:
+        """Edge ``e``'s arg-max op under ``ops.remat_switch``, scaled by its weight.
+
+        The edge's convolution blocks go through the switch as split state (parameters and
+        batch statistics in, updated statistics out), so the switch is a pure function and
+        its gradient can recompute the taken branch instead of storing every branch's
+        intermediates (see ``ops.remat_switch``).
+        """
         idx = jnp.argmax(weights[e])
-        branches = [lambda cell, h, name=name: cell._branch(e, name, train, h)
-                    for name in self.op_names]
-        return weights[e, idx] * nnx.switch(idx, branches, self, h)
+        blocks = [getattr(self, f"e{e}_{name}") for name in self.op_names if name in CONV_KERNEL]
+        graphdefs, states = zip(*(nnx.split(b) for b in blocks)) if blocks else ((), ())
+
+        def branch(name):
+            def run(states, h):
+                if name not in CONV_KERNEL:
+                    out = self._apply(e, name, h, train)
+                    return (jnp.zeros_like(h) if out is None else out), states
+                j = [n for n in self.op_names if n in CONV_KERNEL].index(name)
+                block = nnx.merge(graphdefs[j], states[j], copy=True)
+                out = block(h, train)
+                return out, tuple(nnx.state(block) if k == j else st
+                                  for k, st in enumerate(states))
+            return run
+
+        out, states = ops.remat_switch(idx, [branch(n) for n in self.op_names], tuple(states), h)
+        for block, state in zip(blocks, states):
+            nnx.update(block, state)
+        return weights[e, idx] * out
 
     def __call__(self, x: jax.Array, weights: jax.Array | None, train: bool) -> jax.Array:
         """``weights``: ``float[6, len(ops)]`` mixture weights per edge, or None (single op

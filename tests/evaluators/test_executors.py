@@ -41,12 +41,19 @@ def test_archs_are_canonical():
         np.testing.assert_array_equal(SPACE.canonical(arch), arch)
 
 
-def test_switch_executor_equals_mixture(mixture_result):
+@pytest.mark.parametrize("conv_impl", ["taps", "matmul"])
+def test_switch_executor_equals_mixture(mixture_result, conv_impl):
     weights = jax.vmap(SPACE.one_hot)(jnp.asarray(ARCHS))
-    out = LoopExecutor(SPACE, RECIPE, select="switch", conv_impl="matmul")(
+    out = LoopExecutor(SPACE, RECIPE, select="switch", conv_impl=conv_impl)(
         KEYS, ARCHS, weights, (X, Y), (X, Y))
-    for name in ("valid_accuracy", "valid_loss", "train_loss"):
-        np.testing.assert_allclose(out[name], mixture_result[name], rtol=2e-4, atol=2e-5)
+    # The same function, rounded differently (the one-pass batch-norm moments of a 2-channel
+    # network are sensitive to summation order), and 6 SGD steps at lr 0.1 amplify it: on
+    # an AVX-512 CPU at XLA optimisation level 0 the second cell's losses differ by 0.27%
+    # (before the recomputing switch too); on AVX2, and at the default level, not at all.
+    # tests/supernet/test_nb201_network.py checks one step's gradients at 1e-4.
+    np.testing.assert_array_equal(out["valid_accuracy"], mixture_result["valid_accuracy"])
+    for name in ("valid_loss", "train_loss"):
+        np.testing.assert_allclose(out[name], mixture_result[name], rtol=5e-3)
 
 
 def test_compiled_executor_equals_mixture_and_caches_by_canonical(mixture_result):

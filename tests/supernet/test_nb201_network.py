@@ -148,12 +148,13 @@ def test_gradient_wrt_mixture_weights_matches_finite_differences(supernet):
 @pytest.mark.skipif(not os.environ.get("NAS_JAX_SLOW_TESTS"),
                     reason="two gradient compiles (~55 s); set NAS_JAX_SLOW_TESTS=1 "
                     "(tests/evaluators/test_executors.py checks switch == mixture training)")
-def test_switch_select_equals_mixture_for_one_hot_weights(supernet):
-    """``select="switch"`` (only the chosen op under lax.switch, matmul convolutions) gives
-    the mixture's logits, batch statistics and parameter gradients for one-hot weights."""
+@pytest.mark.parametrize("conv_impl", ["taps", "matmul"])
+def test_switch_select_equals_mixture_for_one_hot_weights(supernet, conv_impl):
+    """``select="switch"`` (only the chosen op under a recomputing switch) gives the
+    mixture's logits, batch statistics and parameter gradients for one-hot weights."""
     state, _, mixture = supernet
     graphdef = nnx.split(nnx.eval_shape(lambda: NB201Network(
-        SPACE, select="switch", conv_impl="matmul", rngs=nnx.Rngs(0))))[0]
+        SPACE, select="switch", conv_impl=conv_impl, rngs=nnx.Rngs(0))))[0]
     r = jax.random.normal(jax.random.key(5), (4, 3))
 
     def switched(state, weights, x, train):
