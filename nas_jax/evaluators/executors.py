@@ -7,7 +7,7 @@ dispatch (``HostLoopTrainer``), so nothing waits on the host per step:
 
 - ``LoopExecutor``: the supernet with one-hot weights, one compiled step for every
   architecture. ``select="mixture"`` computes every operation (weighted by 0/1);
-  ``select="switch"`` runs only the chosen one per edge under ``lax.switch`` (networks that
+  ``select="switch"`` runs only the chosen one per edge under a switch (networks that
   support it; ``ops.remat_switch``), with ``conv_impl="taps"`` convolutions because XLA's
   own kernel-gradient convolution inside a branch is slow on XLA:CPU (``ops.conv2d``).
 - ``CompiledExecutor``: one standalone program per distinct architecture, cached by its

@@ -24,7 +24,7 @@ class NB201Cell(nnx.Module):
 
     ``select`` says how a supernet cell combines an edge's operations: ``mixture`` computes
     all of them and sums them weighted (DARTS; exact gradients for every weight); ``switch``
-    computes only the edge's arg-max operation under ``lax.switch`` and scales it by its
+    computes only the edge's arg-max operation under ``ops.remat_switch`` and scales it by its
     weight (one compiled program for every architecture that costs only the chosen ops at
     run time; the GDAS forward). For one-hot weights both give the same outputs.
     """
