@@ -81,7 +81,7 @@ def validate_collapse(config: ml_collections.ConfigDict) -> None:
                               f"{', '.join(VARIANTS)}")
     if not config.search.table_path:
         raise ConfigError("config.search.table_path is empty: the study scores the derived "
-                          "cells in a table (e.g. tables/nb201_4ops_c8n1_digits.npz)")
+                          "cells in a table (e.g. tables/nb201_c8n1_digits.npz)")
     if config.search.strategy.beta_weight or config.search.diagnostics.early_stop:
         raise ConfigError("config.search is the plain search every variant starts from: set "
                           "search.strategy.beta_weight=0 and search.diagnostics.early_stop="
