@@ -118,8 +118,10 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, dilation: int = 
       ``[C_in, C_out]`` contraction per tap (shifted view x output gradient). For
       convolutions inside ``lax.switch`` / ``lax.cond`` branches on XLA:CPU: there, XLA's
       kernel-gradient convolution ran ~280x slower than outside a branch (4.3 s vs 15.6 ms
-      for six 64x32x32x16 3x3 kernels), while forward and input-gradient convolutions and
-      contractions kept their speed (docs/benchmarks.md).
+      for six 64x32x32x16 3x3 kernels) and its input-gradient form ~25x, while forward
+      convolutions (the input gradient is computed as one, with the flipped kernel) kept
+      their speed and the per-tap contractions lost less (128 vs 17 ms;
+      docs/benchmarks.md).
     """
     if impl == "xla":
         return _xla_conv(x, kernel, stride, dilation, pad)

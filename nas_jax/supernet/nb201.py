@@ -62,7 +62,8 @@ class NB201Cell(nnx.Module):
         intermediates (see ``ops.remat_switch``).
         """
         idx = jnp.argmax(weights[e])
-        blocks = [getattr(self, f"e{e}_{name}") for name in self.op_names if name in CONV_KERNEL]
+        conv_names = [name for name in self.op_names if name in CONV_KERNEL]
+        blocks = [getattr(self, f"e{e}_{name}") for name in conv_names]
         graphdefs, states = zip(*(nnx.split(b) for b in blocks)) if blocks else ((), ())
 
         def branch(name):
@@ -70,7 +71,7 @@ class NB201Cell(nnx.Module):
                 if name not in CONV_KERNEL:
                     out = self._apply(e, name, h, train)
                     return (jnp.zeros_like(h) if out is None else out), states
-                j = [n for n in self.op_names if n in CONV_KERNEL].index(name)
+                j = conv_names.index(name)
                 block = nnx.merge(graphdefs[j], states[j], copy=True)
                 out = block(h, train)
                 return out, tuple(nnx.state(block) if k == j else st
