@@ -22,11 +22,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from nas_jax.evaluators.population import EXECUTION_OPTIONS
 from nas_jax.spaces.nb201 import NB201Space
 from nas_jax.strategies.gradient import GradientSearch
 
 METHODS = ("darts1", "darts2", "gdas", "gdas_switch", "random_path")
-SWITCH = (("select", "switch"), ("conv_impl", "taps"))
+SWITCH = tuple(EXECUTION_OPTIONS["switch"].items())  # the switch execution's supernet
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from nas_jax.evaluators.executors import CompiledExecutor, LoopExecutor
-from nas_jax.evaluators.population import init_candidate
+from nas_jax.evaluators.population import EXECUTION_OPTIONS, init_candidate
 from nas_jax.spaces.macro import MLPSpace
 from nas_jax.spaces.nb201 import NB201Space
 from nas_jax.supernet.macro import match_standalone_init
@@ -41,10 +41,11 @@ def test_archs_are_canonical():
         np.testing.assert_array_equal(SPACE.canonical(arch), arch)
 
 
-def test_switch_executor_equals_mixture(mixture_result, conv_impl="taps"):
-    # conv_impl="matmul" is tested at the network level (test_nb201_network.py, test_ops.py).
+def test_switch_executor_equals_mixture(mixture_result):
+    # The switch execution's supernet (taps convolutions); conv_impl="matmul" is tested at
+    # the network level (test_nb201_network.py, test_ops.py).
     weights = jax.vmap(SPACE.one_hot)(jnp.asarray(ARCHS))
-    out = LoopExecutor(SPACE, RECIPE, select="switch", conv_impl=conv_impl)(
+    out = LoopExecutor(SPACE, RECIPE, **EXECUTION_OPTIONS["switch"])(
         KEYS, ARCHS, weights, (X, Y), (X, Y))
     # The same function, rounded differently (the one-pass batch-norm moments of a 2-channel
     # network are sensitive to summation order), and 6 SGD steps at lr 0.1 amplify it: on
