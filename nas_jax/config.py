@@ -18,6 +18,7 @@ from nas_jax.evaluators.population import (
     EXECUTIONS,
     has_network,
     network_space_names,
+    supports_composed,
     supports_switch,
 )
 from nas_jax.evaluators.zero_cost import EXECUTIONS as ZERO_COST_EXECUTIONS
@@ -246,6 +247,10 @@ def validate(config: ml_collections.ConfigDict):
     if config.evaluator.execution == "switch" and not supports_switch(space):
         raise ConfigError(f"config.evaluator.execution='switch': the {config.space.name} "
                           "network has no switch mode; use loop, compiled or vmap")
+    if config.evaluator.execution == "composed" and not supports_composed(space):
+        raise ConfigError(f"config.evaluator.execution='composed': the {config.space.name} "
+                          "network has no composed form (nb201 only); use loop, compiled or "
+                          "vmap")
     if config.evaluator.execution not in EXECUTIONS:
         raise ConfigError(f"config.evaluator.execution={config.evaluator.execution!r}: "
                           f"allowed: {', '.join(EXECUTIONS)}")

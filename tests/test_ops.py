@@ -14,7 +14,7 @@ CASES = [  # kernel, stride, dilation, pad
 ]
 
 
-@pytest.mark.parametrize("impl", ["matmul", "taps"])
+@pytest.mark.parametrize("impl", ["matmul", "taps", "mixed"])
 @pytest.mark.parametrize("k, stride, dilation, pad", CASES)
 def test_conv_impls_match_xla_values_and_gradients(impl, k, stride, dilation, pad):
     kx, kw, kg = jax.random.split(jax.random.key(k * 100 + stride * 10 + dilation + pad), 3)

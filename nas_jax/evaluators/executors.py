@@ -13,6 +13,10 @@ dispatch (``HostLoopTrainer``), so nothing waits on the host per step:
 - ``CompiledExecutor``: one standalone program per distinct architecture, cached by its
   canonical form, so only the chosen operations cost time and isomorphic cells share a
   program; the weights are cut out of one supernet init (one compiled init for all).
+- ``ComposedExecutor``: each candidate's network run as a graph of small programs (one per
+  kind of unit: stem, edge operation, reduction, head, node sum) composed from Python
+  (``supernet.composed``): only the chosen operations run, at a standalone network's
+  speed, and no architecture costs a compile (NB201).
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
+from nas_jax.supernet.composed import pullback
 from nas_jax.train.steps import HostLoopTrainer, Recipe
 
 
@@ -117,3 +123,132 @@ class CompiledExecutor:
                                 extract_subtree(stats, stats_t), k_data, None, train_xy,
                                 valid_xy))
         return stack_rows(rows)
+
+
+class ComposedExecutor:
+    """Candidates one after another, each step composed from per-unit programs (NB201).
+
+    The weights are the supernet's (``init`` is the supernet init of ``LoopExecutor``), cut
+    to the modules the candidate's plan uses; ``trainer(params, stats, data_key, weights,
+    train_xy, valid_xy)`` takes the candidate's one-hot ``weights`` (it reads the arg-max
+    per edge) and returns the same row as the other executors' trainers. The results equal
+    the switch supernet's up to float rounding (tested).
+
+    Args:
+      space: the NB201 search space.
+      recipe: the training recipe.
+    """
+
+    # Each unit is a top-level program, so XLA's convolutions keep their speed; 1x1 kernel
+    # gradients are faster as a matmul (ops.conv2d, "mixed").
+    OPTIONS = {"conv_impl": "mixed"}
+
+    def __init__(self, space, recipe: Recipe):
+        from nas_jax.evaluators.population import build_network, init_candidate
+        from nas_jax.supernet.composed import ComposedGraph
+
+        self.space, self.recipe = space, recipe
+        self.network = nnx.eval_shape(lambda: build_network(space, None, rngs=nnx.Rngs(0),
+                                                            **self.OPTIONS))
+        self.graph = ComposedGraph(self.network)
+        self.init = jax.jit(functools.partial(init_candidate, space, None, **self.OPTIONS))
+        self.trainer = ComposedTrainer(self.graph, self.network, recipe)
+
+    def __call__(self, keys, archs, weights, train_xy, valid_xy) -> dict:
+        del archs
+        return stack_rows([self.trainer(*self.init(keys[i], weights[i]), weights[i], train_xy,
+                                        valid_xy) for i in range(len(keys))])
+
+
+class ComposedTrainer:
+    """``HostLoopTrainer``'s training and scoring, with each step composed from per-unit
+    programs (``supernet.composed.ComposedGraph``) for the architecture the one-hot
+    ``weights`` select."""
+
+    def __init__(self, graph, network, recipe: Recipe):
+        from nas_jax.train.steps import cross_entropy, draw_batch
+
+        from nas_jax.supernet.composed import nb201_unit_paths
+
+        self.graph, self.network, self.recipe = graph, network, recipe
+        self.paths = nb201_unit_paths(network)
+        self._zeros = None
+        tx = recipe.make_optimizer()
+
+        def update(params, opt_state, grads):
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        def loss_and_vjp(logits, y):
+            return jax.vjp(lambda z: cross_entropy(z, y), logits)
+
+        def batch_scores(logits, y, mask):
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+            correct = jnp.argmax(logits, -1) == y
+            return jnp.sum(loss * mask), jnp.sum(correct * mask)
+
+        def summary(losses, params, loss_sum, correct, n):
+            tail = max(losses.shape[0] // 10, 1)
+            finite = jnp.all(jnp.isfinite(losses)) & jnp.all(
+                jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(params)]))
+            valid_loss = loss_sum / n
+            return {"valid_accuracy": correct / n, "valid_loss": valid_loss,
+                    "train_loss": jnp.mean(losses[-tail:]),
+                    "finite": finite & jnp.isfinite(valid_loss)}
+
+        self._init_opt = jax.jit(tx.init)
+        self._update = jax.jit(update, donate_argnums=(0, 1))
+        self._draw = jax.jit(draw_batch, static_argnums=4)
+        self._loss = jax.jit(loss_and_vjp)
+        self._batch_scores = jax.jit(batch_scores)
+        self._sum = jax.jit(lambda xs: jnp.sum(jnp.stack(xs), axis=0))
+        self._summary = jax.jit(summary)
+
+    def plan(self, weights) -> list:
+        from nas_jax.supernet.composed import nb201_plan
+
+        return nb201_plan(self.network, np.argmax(np.asarray(weights), axis=-1))
+
+    def step(self, plan, params: dict, stats: dict, opt_state, key, i, train_xy):
+        """One training step of ``plan``'s weights: ``(params, stats, opt_state, loss)``."""
+        x, y = self._draw(key, i, *train_xy, self.recipe.batch_size)
+        logits, stats, tape = self.graph.forward(plan, params, stats, x, train=True)
+        loss, loss_vjp = self._loss(logits, y)
+        grads = self.graph.backward(tape, pullback(loss_vjp, jnp.ones((), loss.dtype))[0])
+        grads = {k: grads[k] if k in grads else self._zeros[k] for k in params}
+        params, opt_state = self._update(params, opt_state, grads)
+        return params, stats, opt_state, loss
+
+    def evaluate(self, plan, params: dict, stats: dict, xy) -> tuple:
+        """``(loss_sum, correct)`` over ``xy`` in ``recipe.eval_batch_size`` batches."""
+        x, y = xy
+        n = x.shape[0]
+        b = min(self.recipe.eval_batch_size, n)
+        sums = []
+        for start in range(0, n, b):
+            xb, yb = x[start:start + b], y[start:start + b]
+            mask = jnp.ones((xb.shape[0],), jnp.float32)
+            if xb.shape[0] < b:  # the last batch, padded to the shape the programs know
+                pad = b - xb.shape[0]
+                xb = jnp.concatenate([xb, jnp.zeros((pad,) + xb.shape[1:], xb.dtype)])
+                yb = jnp.concatenate([yb, jnp.zeros((pad,), yb.dtype)])
+                mask = jnp.arange(b) < n - start
+            logits = self.graph.forward(plan, params, stats, xb, train=False)
+            sums.append(self._batch_scores(logits, yb, mask))
+        loss_sum, correct = zip(*sums)
+        return self._sum(list(loss_sum)), self._sum(list(correct))
+
+    def __call__(self, params, stats, key: jax.Array, weights, train_xy,
+                 valid_xy) -> dict[str, jax.Array]:
+        plan = self.plan(weights)
+        params, stats = self.graph.split_weights(self.paths, params, stats)
+        if self._zeros is None:  # zero gradients for the modules a plan leaves out
+            self._zeros = jax.tree.map(jnp.zeros_like, params)
+        opt_state = self._init_opt(params)
+        losses = []
+        for i in range(self.recipe.steps):
+            params, stats, opt_state, loss = self.step(plan, params, stats, opt_state, key, i,
+                                                       train_xy)
+            losses.append(loss)
+        loss_sum, correct = self.evaluate(plan, params, stats, valid_xy)
+        return self._summary(jnp.stack(losses), params, loss_sum, correct, valid_xy[0].shape[0])

@@ -16,6 +16,9 @@ executed is a measured, per-backend choice (see ``resolve_execution``):
 - ``switch``: the same host loop on a supernet that computes only each edge's chosen op
   (NB201; ``auto``'s choice on CPU where the network has it).
 - ``compiled``: one standalone program per distinct (canonical) architecture.
+- ``composed``: the host loop with each step composed from per-unit programs (NB201;
+  ``supernet.composed``): only the chosen operations, at a standalone network's speed,
+  with no compile per architecture.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from nas_jax.evaluators.executors import CompiledExecutor, LoopExecutor
+from nas_jax.evaluators.executors import CompiledExecutor, ComposedExecutor, LoopExecutor
 from nas_jax.spaces.darts import DartsSpace
 from nas_jax.spaces.macro import MacroCNNSpace, MLPSpace
 from nas_jax.spaces.nb201 import NB201Space
@@ -40,10 +43,10 @@ from nas_jax.supernet.nb201 import NB201Network
 from nas_jax.train.steps import HostLoopTrainer, Recipe, make_apply, train_and_score
 from nas_jax.utils import sharding
 
-EXECUTIONS = ("auto", "loop", "switch", "compiled", "vmap")
+EXECUTIONS = ("auto", "loop", "switch", "composed", "compiled", "vmap")
 # Network options of the supernet each host-loop execution trains.
 EXECUTION_OPTIONS = {"switch": {"select": "switch", "conv_impl": "taps"}}
-MESH_LOOP_EXECUTIONS = ("loop", "switch")  # host-loop executions that use a mesh
+MESH_LOOP_EXECUTIONS = ("loop", "switch", "composed")  # host-loop executions that use a mesh
 
 
 def resolve_execution(execution: str, space=None) -> str:
@@ -79,6 +82,11 @@ def supports_switch(space) -> bool:
         if isinstance(space, space_type):
             return "select" in inspect.signature(network.__init__).parameters
     return False
+
+
+def supports_composed(space) -> bool:
+    """Whether the space's network has a composed form (``supernet.composed``: NB201)."""
+    return isinstance(space, NB201Space)
 
 
 def network_space_names() -> tuple[str, ...]:
@@ -149,6 +157,9 @@ class PopulationEvaluator:
         if self.execution == "switch" and not supports_switch(self.space):
             raise ValueError(f"execution='switch': the {type(self.space).__name__} network "
                              "has no switch mode; use loop, compiled or vmap")
+        if self.execution == "composed" and not supports_composed(self.space):
+            raise ValueError(f"execution='composed': the {type(self.space).__name__} network "
+                             "has no composed form (NB201 only); use loop, compiled or vmap")
 
     def _train_one(self, key: jax.Array, weights: jax.Array, train, valid) -> dict[str, jax.Array]:
         params, stats, k_data = init_candidate(self.space, None, key, weights)
@@ -158,7 +169,9 @@ class PopulationEvaluator:
         return train_and_score(apply, params, stats, k_data, train, valid, self.recipe)
 
     @functools.cached_property
-    def _host_loop(self) -> LoopExecutor:
+    def _host_loop(self) -> LoopExecutor | ComposedExecutor:
+        if self.execution == "composed":
+            return ComposedExecutor(self.space, self.recipe)
         return LoopExecutor(self.space, self.recipe, **EXECUTION_OPTIONS.get(self.execution, {}))
 
     @functools.cached_property

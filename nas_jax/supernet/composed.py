@@ -1,0 +1,335 @@
+"""One architecture's network run as a graph of small compiled programs, composed from Python.
+
+A training step of one NB201 architecture is computed here without compiling a program for
+that architecture: each *unit* of the network (the stem, one edge's operation, a reduction
+block, the head, a node's sum) is its own jitted program, shared by every architecture,
+edge and cell whose unit has the same structure and shapes, and the host walks the
+architecture's graph, calling the units' forward programs (which also return their VJPs'
+residuals) and then their backward programs in reverse order. This is how an eager
+framework runs a network; on XLA:CPU it is what computes only the chosen operations at the
+speed of a standalone network's operations, with no per-architecture compile:
+
+- a ``lax.switch`` supernet pays inside its branches (XLA:CPU's convolution gradients
+  there are many times slower than outside; docs/benchmarks.md), and computes a branch
+  for every edge, even those whose output cannot reach the loss;
+- a standalone program per architecture pays a compile of seconds for each new one.
+
+Dispatch is asynchronous (nothing waits on the host per unit): a step of the population
+benchmark's large network is ~300 calls of a few microseconds each.
+
+``ComposedGraph`` is network-agnostic: a ``plan`` lists ``Node``s (which unit computes
+which value from which values) and the module paths each unit reads its weights from.
+``nb201_plan`` builds the plan of an NB201 architecture; operations whose output cannot
+reach the network's output are left out (they change nothing the network computes, so
+the trained weights that matter and the scores equal the switch supernet's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import operator
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from nas_jax import ops
+from nas_jax.spaces.nb201 import CONV_KERNEL, EDGES, NUM_NODES
+
+
+def path_key(path: tuple) -> str:
+    """The string key of a module path (``("layers", 2, "e0_nor_conv_3x3")`` ->
+    ``"layers/2/e0_nor_conv_3x3"``): the keys of the per-unit weight dicts."""
+    return "/".join(str(p) for p in path)
+
+
+def sub_state(state: nnx.State, path: tuple) -> nnx.State:
+    """The sub-state at a module path (empty where the module holds none of ``state``'s
+    variables, e.g. a convolution's batch statistics)."""
+    for p in path:
+        if p not in state:
+            return nnx.State({})
+        state = state[p]
+    return state
+
+
+def sub_module(module: nnx.Module, path: tuple) -> nnx.Module:
+    for p in path:
+        module = module[p] if isinstance(p, int) else getattr(module, p)
+    return module
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """A piece of the network: ``fn(modules, *inputs, train=...) -> output``, where
+    ``modules`` are the network's modules at ``paths`` (none for a pure function)."""
+
+    paths: tuple[tuple, ...]
+    fn: Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    """``values[out] = unit(values[inputs...])``. ``unit`` is a ``Unit``, or ``"sum"`` (the
+    sum of the inputs; one input is an alias) or ``"zeros"`` (a zero tensor shaped like the
+    first input, a constant: no gradient flows through it)."""
+
+    out: str
+    inputs: tuple[str, ...]
+    unit: Unit | str
+
+
+@jax.jit
+def pullback(vjp, g):
+    return vjp(g)
+
+
+@jax.jit
+def _add(*xs):
+    return functools.reduce(operator.add, xs)
+
+
+@jax.jit
+def _zeros_like(x):
+    return jnp.zeros_like(x)
+
+
+class _Programs:
+    """The jitted programs of one unit structure (graph definitions, state layouts and
+    function); jit's own cache keys them further by shapes, so every edge of one kind in
+    one stage shares them. Weights cross the jit boundary as tuples of arrays (flattened
+    in C++; flattening ``nnx.State`` costs Python time on every call)."""
+
+    def __init__(self, graphdefs: tuple, treedefs: tuple, fn: Callable):
+        def run(params, stats, inputs, train):
+            modules = tuple(nnx.merge(g, jax.tree.unflatten(tp, p), jax.tree.unflatten(ts, s),
+                                      copy=True)
+                            for g, (tp, ts), p, s in zip(graphdefs, treedefs, params, stats))
+            out = fn(modules, *inputs, train=train)
+            return out, tuple(tuple(jax.tree.leaves(nnx.state(m, nnx.BatchStat)))
+                              for m in modules)
+
+        def forward_vjp(params, stats, inputs):
+            out, vjp, new_stats = jax.vjp(lambda p, xs: run(p, stats, xs, True), params,
+                                          inputs, has_aux=True)
+            return out, new_stats, vjp
+
+        self.train = jax.jit(forward_vjp)
+        self.eval = jax.jit(lambda params, stats, inputs: run(params, stats, inputs, False)[0])
+
+
+class ComposedGraph:
+    """Runs plans (lists of ``Node``) on per-unit weight dicts, forward and backward.
+
+    Weights are dicts ``{path_key(path): tuple of arrays}`` (the leaves of the module's
+    ``nnx.State``) holding only the modules a plan uses (``split_weights``; ``merge_weights``
+    writes them back into a whole network's state). The programs are cached by unit
+    structure for the graph's lifetime.
+    """
+
+    def __init__(self, model: nnx.Module):
+        self._model = model  # an abstract network: the source of graph definitions
+        self._programs: dict = {}
+        self._by_unit: dict = {}
+
+    def _split(self, path: tuple):
+        graphdef, params, stats = nnx.split(sub_module(self._model, path), nnx.Param,
+                                            nnx.BatchStat)
+        return graphdef, (jax.tree.structure(params), jax.tree.structure(stats))
+
+    def programs(self, unit: Unit) -> _Programs:
+        found = self._by_unit.get(unit)
+        if found is not None:
+            return found
+        graphdefs, treedefs = zip(*(self._split(p) for p in unit.paths)) if unit.paths else ((), ())
+        key = (graphdefs, treedefs, unit.fn)
+        if key not in self._programs:
+            self._programs[key] = _Programs(graphdefs, treedefs, unit.fn)
+        self._by_unit[unit] = self._programs[key]
+        return self._programs[key]
+
+    @staticmethod
+    def paths(plan: list[Node]) -> list[tuple]:
+        """Every module path the plan's units read, in plan order."""
+        seen = {}
+        for node in plan:
+            if isinstance(node.unit, Unit):
+                for p in node.unit.paths:
+                    seen.setdefault(path_key(p), p)
+        return list(seen.values())
+
+    @staticmethod
+    def split_weights(paths: list[tuple], params: nnx.State, stats: nnx.State):
+        """``(params, stats)`` of a whole network as the dicts the graph runs on: one entry
+        per module path of ``paths`` (every unit module of the network, so the dicts have
+        one structure for every architecture and the programs over all of them, such as
+        the optimizer update, compile once)."""
+        return ({path_key(p): tuple(jax.tree.leaves(sub_state(params, p))) for p in paths},
+                {path_key(p): tuple(jax.tree.leaves(sub_state(stats, p))) for p in paths})
+
+    def _unit_args(self, node: Node, weights: dict) -> tuple:
+        return tuple(weights[path_key(p)] for p in node.unit.paths)
+
+    def forward(self, plan: list[Node], params: dict, stats: dict, x: jax.Array,
+                train: bool, output: str = "logits"):
+        """The plan's ``output`` value for input ``x``. With ``train``: ``(output, new_stats,
+        tape)`` where ``tape`` holds what ``backward`` needs; else just the output."""
+        values = {"x": x}
+        new_stats = dict(stats)
+        tape = []
+        for node in plan:
+            inputs = tuple(values[i] for i in node.inputs)
+            if node.unit == "sum":
+                values[node.out] = inputs[0] if len(inputs) == 1 else _add(*inputs)
+                continue
+            if node.unit == "zeros":
+                values[node.out] = _zeros_like(inputs[0])
+                continue
+            progs = self.programs(node.unit)
+            unit_params, unit_stats = self._unit_args(node, params), self._unit_args(node, stats)
+            if not train:
+                values[node.out] = progs.eval(unit_params, unit_stats, inputs)
+                continue
+            out, unit_new_stats, vjp = progs.train(unit_params, unit_stats, inputs)
+            values[node.out] = out
+            for p, s in zip(node.unit.paths, unit_new_stats):
+                new_stats[path_key(p)] = s
+            tape.append((node, vjp))
+        if not train:
+            return values[output]
+        return values[output], new_stats, (plan, dict(tape))
+
+    def backward(self, tape, g: jax.Array, output: str = "logits") -> dict:
+        """Gradients ``{path_key: nnx.State}`` of the scalar whose gradient with respect to
+        the plan's ``output`` is ``g``; paths that get no gradient are left out."""
+        plan, vjps = tape
+        cot = {output: g}
+        grads: dict = {}
+
+        def accumulate(store, k, v):
+            store[k] = v if k not in store else jax.tree.map(_add, store[k], v)
+
+        for node in reversed(plan):
+            g_out = cot.pop(node.out, None)
+            if g_out is None or node.unit == "zeros":
+                continue
+            if node.unit == "sum":
+                for i in node.inputs:
+                    accumulate(cot, i, g_out)
+                continue
+            d_params, d_inputs = pullback(vjps[node], g_out)
+            for p, d in zip(node.unit.paths, d_params):
+                accumulate(grads, path_key(p), d)
+            for i, d in zip(node.inputs, d_inputs):
+                accumulate(cot, i, d)
+        return grads
+
+
+# ----------------------------------------------------------------------------- NB201
+
+
+def _stem(modules, x, *, train):
+    conv, bn = modules
+    return bn(conv(x), train)
+
+
+def _block(modules, x, *, train):
+    return modules[0](x, train)
+
+
+def _avg_pool(modules, x, *, train):
+    del modules, train
+    return ops.avg_pool_3x3(x)
+
+
+def _head(modules, h, *, train):
+    bn, classifier = modules
+    return classifier(jnp.mean(jax.nn.relu(bn(h, train)), axis=(1, 2)))
+
+
+def nb201_unit_paths(network) -> list[tuple]:
+    """The module path of every unit of an NB201 supernet: stem, reductions, every edge's
+    convolution blocks, head."""
+    from nas_jax.supernet.nb201 import NB201Cell
+
+    paths = [("stem",), ("stem_bn",)]
+    for i, layer in enumerate(network.layers):
+        if not isinstance(layer, NB201Cell):
+            paths.append(("layers", i))
+            continue
+        paths.extend(("layers", i, f"e{e}_{name}") for e, names in enumerate(layer.edge_ops)
+                     for name in names if name in CONV_KERNEL)
+    return paths + [("head_bn",), ("classifier",)]
+
+
+def nb201_live_edges(op_names: tuple[str, ...], arch) -> list[int]:
+    """The edges whose operation's output can reach the cell's output node: not ``none``,
+    into a node that reaches the output through such edges."""
+    live_nodes = {NUM_NODES - 1}
+    live = []
+    for e in reversed(range(len(EDGES))):  # EDGES are ordered by destination node
+        dst, src = EDGES[e]
+        if dst in live_nodes and op_names[int(arch[e])] != "none":
+            live.append(e)
+            live_nodes.add(src)
+    return sorted(live)
+
+
+def nb201_plan(network, arch) -> list[Node]:
+    """The plan of an NB201 architecture (``int[6]``) on ``network`` (an ``NB201Network``
+    supernet, possibly abstract): its module paths name the supernet's modules, so a plan
+    trains the supernet's weights of the chosen operations.
+
+    Edges whose output cannot reach the cell's output are left out. An intermediate node
+    that the output needs but that no live edge feeds is a zero tensor (its operations,
+    e.g. a convolution block's batch-norm bias, still act on it).
+    """
+    from nas_jax.supernet.nb201 import NB201Cell
+
+    op_names = network.layers[0].op_names if len(network.layers) else ()
+    for layer in network.layers:
+        if isinstance(layer, NB201Cell):
+            op_names = layer.op_names
+            break
+    arch = np.asarray(arch)
+    live = nb201_live_edges(op_names, arch)
+    plan = [Node("h0", ("x",), Unit((("stem",), ("stem_bn",)), _stem))]
+    h = "h0"
+    for i, layer in enumerate(network.layers):
+        out = f"h{i + 1}"
+        if not isinstance(layer, NB201Cell):
+            plan.append(Node(out, (h,), Unit((("layers", i),), _block)))
+            h = out
+            continue
+        nodes = {0: h}
+        for node in range(1, NUM_NODES):
+            terms = []
+            for e in live:
+                dst, src = EDGES[e]
+                if dst != node:
+                    continue
+                name = op_names[int(arch[e])]
+                if name == "skip_connect":
+                    terms.append(nodes[src])
+                    continue
+                term = f"c{i}e{e}"
+                if name == "avg_pool_3x3":
+                    plan.append(Node(term, (nodes[src],), Unit((), _avg_pool)))
+                elif name in CONV_KERNEL:
+                    plan.append(Node(term, (nodes[src],),
+                                     Unit((("layers", i, f"e{e}_{name}"),), _block)))
+                else:
+                    raise ValueError(f"NB201 op {name!r} has no composed form")
+                terms.append(term)
+            node_id = out if node == NUM_NODES - 1 else f"c{i}n{node}"
+            if terms:
+                plan.append(Node(node_id, tuple(terms), "sum"))
+            elif node == NUM_NODES - 1 or any(EDGES[e][1] == node for e in live):
+                plan.append(Node(node_id, (h,), "zeros"))
+            nodes[node] = node_id
+        h = out
+    plan.append(Node("logits", (h,), Unit((("head_bn",), ("classifier",)), _head)))
+    return plan
