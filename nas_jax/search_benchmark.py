@@ -10,6 +10,10 @@ compile + run) and the mean of ``config.steps`` further calls. Methods:
 - ``gdas_switch``: GDAS with the switch supernet (only the sampled op per edge runs).
 - ``random_path``: one SPOS / random-single-path weight step on the switch supernet (a
   uniformly sampled architecture, only its ops computed).
+- ``random_path_composed``: the same step composed from per-unit programs on the host
+  (``supernet.composed``; the architectures drawn as ``random_path`` draws them). Its
+  first call is a step of a cell with every operation kind, so the timed steps compile
+  nothing (a new sum arity or zero node at most).
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from nas_jax.evaluators.population import EXECUTION_OPTIONS
 from nas_jax.spaces.nb201 import NB201Space
 from nas_jax.strategies.gradient import GradientSearch
 
-METHODS = ("darts1", "darts2", "gdas", "gdas_switch", "random_path")
+METHODS = ("darts1", "darts2", "gdas", "gdas_switch", "random_path", "random_path_composed")
+ALL_OP_KINDS = (3, 2, 4, 3, 1, 3)  # NB201 cell with conv 3x3 / 1x1, pool, skip; 1-3-input nodes
 SWITCH = tuple(EXECUTION_OPTIONS["switch"].items())  # the switch execution's supernet
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
@@ -51,7 +57,7 @@ def _method(space, name: str) -> GradientSearch:
         raise ValueError(f"config.methods: {name!r}; allowed: {', '.join(METHODS)}")
     if name in ("darts1", "darts2"):
         return GradientSearch(space, method="darts", order=int(name[-1]))
-    options = SWITCH if name in ("gdas_switch", "random_path") else ()
+    options = SWITCH if name in ("gdas_switch", "random_path") else ()  # composed: mixture
     return GradientSearch(space, method="gdas", network_options=options)
 
 
@@ -69,10 +75,41 @@ def _random_path_step(search: GradientSearch):
     return step
 
 
+def _time_random_path_composed(search: GradientSearch, key: jax.Array, train_batch,
+                               steps: int) -> dict:
+    """``random_path`` through ``ComposedExecutor``'s trainer, with the search's weight
+    optimizer and initial weights."""
+    from nas_jax.evaluators.executors import ComposedExecutor
+    from nas_jax.train.steps import Recipe
+
+    space = search.space
+    trainer = ComposedExecutor(space, Recipe(batch_size=train_batch[0].shape[0]),
+                               tx=search.weight_optimizer()).trainer
+    state = jax.jit(search.init)(key)
+    params, stats, w_opt = trainer.prepare(state.params, state.stats)
+    archs = np.asarray(jax.vmap(lambda i: space.sample(jax.random.fold_in(state.key, i)))(
+        jnp.arange(steps + 1)))
+    t0 = time.perf_counter()
+    params, stats, w_opt, loss = trainer.step(trainer.plan_arch(ALL_OP_KINDS), params, stats,
+                                              w_opt, state.key, 0, train_batch)
+    jax.block_until_ready(loss)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(1, steps + 1):
+        params, stats, w_opt, loss = trainer.step(trainer.plan_arch(archs[i]), params, stats,
+                                                  w_opt, state.key, i, train_batch)
+    jax.block_until_ready(loss)
+    per_step = (time.perf_counter() - t0) / max(steps, 1)
+    return {"method": "random_path_composed", "first_call_s": first,
+            "seconds_per_step": per_step, "finite": bool(jnp.isfinite(loss))}
+
+
 def time_method(space, name: str, key: jax.Array, train_batch, valid_batch,
                 steps: int, compiler_options: dict | None = None) -> dict:
     """``{method, first_call_s, seconds_per_step}`` for one method from a cold start."""
     search = _method(space, name)
+    if name == "random_path_composed":
+        return _time_random_path_composed(search, key, train_batch, steps)
     state = jax.jit(search.init, compiler_options=compiler_options)(key)
     jax.block_until_ready(state)
     step = jax.jit(_random_path_step(search) if name == "random_path" else search.step,

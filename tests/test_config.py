@@ -118,6 +118,13 @@ def test_entry_point_reports_one_line_before_any_work(tmp_path):
     assert not workdir.exists()
 
 
+def test_composed_execution_needs_nb201():
+    validate(_config(evaluator__execution="composed"))
+    with pytest.raises(ConfigError, match=r"config.evaluator.execution='composed': the darts "
+                                          r"network has no composed form"):
+        validate(_config(space__name="darts", evaluator__execution="composed"))
+
+
 def test_switch_execution_needs_a_network_with_a_switch_mode():
     validate(_config(evaluator__execution="switch"))
     with pytest.raises(ConfigError, match=r"config.evaluator.execution='switch': the darts "

@@ -10,11 +10,11 @@ from nas_jax.search_benchmark import run_search_benchmark, search_benchmark_conf
 def test_times_each_method_and_writes_json(tmp_path):
     c = search_benchmark_config()
     c.channels, c.cells_per_stage, c.input_shape, c.batch_size, c.steps = 2, 1, (8, 8, 3), 4, 1
-    c.methods = ("random_path",)  # each method costs an init and a step compile
+    c.methods = ("random_path", "random_path_composed")  # each costs an init and compiles
     c.fast_compile = True
     lines = []
     out = run_search_benchmark(c, str(tmp_path), log=lines.append)
-    assert [r["method"] for r in out["rows"]] == ["random_path"]
+    assert [r["method"] for r in out["rows"]] == ["random_path", "random_path_composed"]
     for row in out["rows"]:
         assert row["finite"] and row["first_call_s"] > 0 and row["seconds_per_step"] > 0
     assert json.loads((tmp_path / "search_benchmark.json").read_text())["rows"] == out["rows"]

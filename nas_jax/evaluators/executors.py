@@ -143,7 +143,7 @@ class ComposedExecutor:
     # gradients are faster as a matmul (ops.conv2d, "mixed").
     OPTIONS = {"conv_impl": "mixed"}
 
-    def __init__(self, space, recipe: Recipe):
+    def __init__(self, space, recipe: Recipe, tx: optax.GradientTransformation | None = None):
         from nas_jax.evaluators.population import build_network, init_candidate
         from nas_jax.supernet.composed import ComposedGraph
 
@@ -152,7 +152,7 @@ class ComposedExecutor:
                                                             **self.OPTIONS))
         self.graph = ComposedGraph(self.network)
         self.init = jax.jit(functools.partial(init_candidate, space, None, **self.OPTIONS))
-        self.trainer = ComposedTrainer(self.graph, self.network, recipe)
+        self.trainer = ComposedTrainer(self.graph, self.network, recipe, tx)
 
     def __call__(self, keys, archs, weights, train_xy, valid_xy) -> dict:
         del archs
@@ -163,9 +163,10 @@ class ComposedExecutor:
 class ComposedTrainer:
     """``HostLoopTrainer``'s training and scoring, with each step composed from per-unit
     programs (``supernet.composed.ComposedGraph``) for the architecture the one-hot
-    ``weights`` select."""
+    ``weights`` select. ``tx``: the weight optimizer (default: the recipe's)."""
 
-    def __init__(self, graph, network, recipe: Recipe):
+    def __init__(self, graph, network, recipe: Recipe,
+                 tx: optax.GradientTransformation | None = None):
         from nas_jax.train.steps import cross_entropy, draw_batch
 
         from nas_jax.supernet.composed import nb201_unit_paths
@@ -173,7 +174,7 @@ class ComposedTrainer:
         self.graph, self.network, self.recipe = graph, network, recipe
         self.paths = nb201_unit_paths(network)
         self._zeros = None
-        tx = recipe.make_optimizer()
+        tx = recipe.make_optimizer() if tx is None else tx
 
         def update(params, opt_state, grads):
             updates, opt_state = tx.update(grads, opt_state, params)
@@ -205,9 +206,21 @@ class ComposedTrainer:
         self._summary = jax.jit(summary)
 
     def plan(self, weights) -> list:
+        """The plan of the architecture that one-hot ``weights`` select."""
+        return self.plan_arch(np.argmax(np.asarray(weights), axis=-1))
+
+    def plan_arch(self, arch) -> list:
         from nas_jax.supernet.composed import nb201_plan
 
-        return nb201_plan(self.network, np.argmax(np.asarray(weights), axis=-1))
+        return nb201_plan(self.network, np.asarray(arch))
+
+    def prepare(self, params, stats) -> tuple[dict, dict, optax.OptState]:
+        """A whole supernet's ``(params, stats)`` as the graph's weight dicts, and a fresh
+        optimizer state for them."""
+        params, stats = self.graph.split_weights(self.paths, params, stats)
+        if self._zeros is None:  # zero gradients for the modules a plan leaves out
+            self._zeros = jax.jit(lambda t: jax.tree.map(jnp.zeros_like, t))(params)
+        return params, stats, self._init_opt(params)
 
     def step(self, plan, params: dict, stats: dict, opt_state, key, i, train_xy):
         """One training step of ``plan``'s weights: ``(params, stats, opt_state, loss)``."""
@@ -241,10 +254,7 @@ class ComposedTrainer:
     def __call__(self, params, stats, key: jax.Array, weights, train_xy,
                  valid_xy) -> dict[str, jax.Array]:
         plan = self.plan(weights)
-        params, stats = self.graph.split_weights(self.paths, params, stats)
-        if self._zeros is None:  # zero gradients for the modules a plan leaves out
-            self._zeros = jax.tree.map(jnp.zeros_like, params)
-        opt_state = self._init_opt(params)
+        params, stats, opt_state = self.prepare(params, stats)
         losses = []
         for i in range(self.recipe.steps):
             params, stats, opt_state, loss = self.step(plan, params, stats, opt_state, key, i,

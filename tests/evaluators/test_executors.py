@@ -111,3 +111,17 @@ def test_composed_executor_equals_mixture(mixture_result):
     for name in ("valid_loss", "train_loss"):
         np.testing.assert_allclose(out[name], mixture_result[name], rtol=5e-3)
     assert bool(np.all(out["finite"]))
+
+
+def test_composed_execution_on_a_mesh_equals_no_mesh():
+    """The mesh path of the host-loop executions (candidates placed on the mesh's devices)
+    serves composed steps too."""
+    from nas_jax.evaluators.population import PopulationEvaluator
+    from nas_jax.utils import sharding
+
+    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+    runs = [PopulationEvaluator(SPACE, (X, Y), (X, Y), RECIPE, execution="composed", mesh=m)(
+        jax.random.key(3), ARCHS) for m in (None, mesh)]
+    (f0, out0), (f1, out1) = runs
+    np.testing.assert_array_equal(f0, f1)
+    np.testing.assert_allclose(out0["valid_loss"], out1["valid_loss"], rtol=1e-6)

@@ -152,8 +152,12 @@ def test_execution_choice():
     assert resolve_execution("auto", MLPSpace(input_shape=(4,), num_classes=2)) == (
         "loop" if on_cpu else "vmap")
     with pytest.raises(ValueError,
-                       match="execution='pmap'; allowed: auto, loop, switch, compiled, vmap"):
+                       match="execution='pmap'; allowed: auto, loop, switch, composed, compiled, vmap"):
         PopulationEvaluator(SPACE, TRAIN, VALID, RECIPE, execution="pmap")
+    with pytest.raises(ValueError, match="execution='composed': the MLPSpace network has no "
+                                         "composed form"):
+        PopulationEvaluator(MLPSpace(input_shape=(4,), num_classes=2), TRAIN, VALID, RECIPE,
+                            execution="composed")
     with pytest.raises(ValueError, match="no network"):
         population.build_network(object(), rngs=nnx.Rngs(0))
 

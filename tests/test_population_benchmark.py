@@ -1,0 +1,36 @@
+"""The population benchmark's plumbing on a tiny workload (timings are not asserted)."""
+
+import json
+
+import pytest
+
+from nas_jax.benchmark import benchmark_config, run_benchmark
+
+
+def _tiny(executions):
+    c = benchmark_config()
+    c.train_examples, c.valid_examples, c.matmul_size = 32, 16, 64
+    c.run = ("small",)
+    w = c.workloads.small
+    w.channels, w.input_shape, w.batch_size, w.candidates, w.steps = 2, (8, 8, 1), 8, 2, 2
+    w.executions = executions
+    return c
+
+
+def test_rows_per_execution_with_equal_fitness(tmp_path):
+    lines = []
+    out = run_benchmark(_tiny(("switch", "composed")), str(tmp_path), log=lines.append)
+    assert [r["execution"] for r in out["rows"]] == ["switch", "composed"]
+    for row in out["rows"]:
+        assert row["seconds"] > 0 and row["candidate_steps_per_s"] > 0
+        assert 0 < row["share_of_peak"]
+    # Both train the same candidates from the same init on the same batches.
+    assert out["rows"][0]["mean_fitness"] == pytest.approx(out["rows"][1]["mean_fitness"],
+                                                           abs=0.07)
+    assert json.loads((tmp_path / "benchmark.json").read_text())["rows"] == out["rows"]
+    assert any(line.startswith("small    composed") for line in lines)
+
+
+def test_unknown_execution_is_named():
+    with pytest.raises(ValueError, match="workloads.small.executions: 'fast'"):
+        run_benchmark(_tiny(("fast",)))
