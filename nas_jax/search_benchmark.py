@@ -142,7 +142,7 @@ def run_search_benchmark(config: ml_collections.ConfigDict, workdir: str | None 
     valid = (jax.random.normal(k3, shape), jax.random.randint(k4, shape[:1], 0, 10))
     log(f"backend {jax.default_backend()}, NB201 C={config.channels} N={config.cells_per_stage}"
         f", input {tuple(config.input_shape)}, batch {config.batch_size}")
-    log(f"{'method':12s} {'first call s':>12s} {'s / step':>9s}")
+    log(f"{'method':20s} {'first call s':>12s} {'s / step':>9s}")
     rows = []
     for name in config.methods:
         # The runs' PRNG setting (runner.setup_runtime): XLA:CPU compiles inits much faster.
@@ -150,7 +150,7 @@ def run_search_benchmark(config: ml_collections.ConfigDict, workdir: str | None 
             row = time_method(space, name, k_init, train, valid, config.steps,
                               FAST_COMPILE if config.fast_compile else None)
         rows.append(row)
-        log(f"{name:12s} {row['first_call_s']:12.1f} {row['seconds_per_step']:9.3f}")
+        log(f"{name:20s} {row['first_call_s']:12.1f} {row['seconds_per_step']:9.3f}")
     out = {"backend": jax.default_backend(), "config": config.to_dict(), "rows": rows}
     if workdir:
         os.makedirs(workdir, exist_ok=True)

@@ -14,7 +14,7 @@ CASES = [  # kernel, stride, dilation, pad
 ]
 
 
-@pytest.mark.parametrize("impl", ["matmul", "taps", "mixed"])
+@pytest.mark.parametrize("impl", ["matmul", "taps", "chunked", "mixed"])
 @pytest.mark.parametrize("k, stride, dilation, pad", CASES)
 def test_conv_impls_match_xla_values_and_gradients(impl, k, stride, dilation, pad):
     kx, kw, kg = jax.random.split(jax.random.key(k * 100 + stride * 10 + dilation + pad), 3)
@@ -33,6 +33,26 @@ def test_conv_impls_match_xla_values_and_gradients(impl, k, stride, dilation, pa
     got = jax.jit(lambda x, w, g: jax.vjp(conv(impl), x, w)[1](g))(x, w, g)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_chunked_kernel_gradient_sums_over_batch_chunks(monkeypatch):
+    monkeypatch.setattr(ops, "CHUNK_ELEMENTS", 200)
+    x = jax.random.normal(jax.random.key(0), (6, 9, 9, 3))  # 243 elements per image
+    assert ops.batch_chunks(x.shape) == 6  # 1458 // 200 = 7 -> the largest divisor <= 7
+    assert ops.batch_chunks((6, 5, 5, 3)) == 2  # 450 // 200 = 2
+    assert ops.batch_chunks((1, 9, 9, 3)) == 1
+    w = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+    g = jax.random.normal(jax.random.key(2), (6, 9, 9, 4))
+    for stride, pad in ((1, 1), (2, 1)):
+        g_s = g[:, ::stride, ::stride]
+
+        def conv(impl, stride=stride, pad=pad):
+            return lambda x, w: ops.conv2d(x, w, stride=stride, pad=pad, impl=impl)
+
+        want = jax.vjp(conv("xla"), x, w)[1](g_s)
+        got = jax.jit(lambda x, w, g: jax.vjp(conv("chunked"), x, w)[1](g))(x, w, g_s)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_taps_gradient_against_finite_differences():

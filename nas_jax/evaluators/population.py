@@ -17,7 +17,7 @@ executed is a measured, per-backend choice (see ``resolve_execution``):
   (NB201; ``auto``'s choice on CPU where the network has it).
 - ``compiled``: one standalone program per distinct (canonical) architecture.
 - ``composed``: the host loop with each step composed from per-unit programs (NB201;
-  ``supernet.composed``): only the chosen operations, at a standalone network's speed,
+  ``supernet.composed``): only the chosen operations, each as its own top-level program,
   with no compile per architecture.
 """
 

@@ -6,16 +6,18 @@ block, the head, a node's sum) is its own jitted program, shared by every archit
 edge and cell whose unit has the same structure and shapes, and the host walks the
 architecture's graph, calling the units' forward programs (which also return their VJPs'
 residuals) and then their backward programs in reverse order. This is how an eager
-framework runs a network; on XLA:CPU it is what computes only the chosen operations at the
-speed of a standalone network's operations, with no per-architecture compile:
+framework runs a network. On XLA:CPU it computes only the chosen operations, each at the
+speed it has as a top-level program, with no per-architecture compile:
 
-- a ``lax.switch`` supernet pays inside its branches (XLA:CPU's convolution gradients
-  there are many times slower than outside; docs/benchmarks.md), and computes a branch
-  for every edge, even those whose output cannot reach the loss;
+- a switch supernet pays inside its branches (XLA:CPU's convolution gradients there are
+  many times slower than outside; docs/benchmarks.md), and computes a branch for every
+  edge, even those whose output cannot reach the loss;
 - a standalone program per architecture pays a compile of seconds for each new one.
 
-Dispatch is asynchronous (nothing waits on the host per unit): a step of the population
-benchmark's large network is ~300 calls of a few microseconds each.
+What it pays instead: no fusion across units, and one call per unit (a few microseconds
+to dispatch; on XLA:CPU small programs mostly run while they are dispatched, so the host
+walk and the computation take turns rather than overlap). A step of the population
+benchmark's large network is ~300 calls.
 
 ``ComposedGraph`` is network-agnostic: a ``plan`` lists ``Node``s (which unit computes
 which value from which values) and the module paths each unit reads its weights from.
@@ -57,6 +59,7 @@ def sub_state(state: nnx.State, path: tuple) -> nnx.State:
 
 
 def sub_module(module: nnx.Module, path: tuple) -> nnx.Module:
+    """The module at a path (attribute names and list indices)."""
     for p in path:
         module = module[p] if isinstance(p, int) else getattr(module, p)
     return module
@@ -176,7 +179,8 @@ class ComposedGraph:
     def forward(self, plan: list[Node], params: dict, stats: dict, x: jax.Array,
                 train: bool, output: str = "logits"):
         """The plan's ``output`` value for input ``x``. With ``train``: ``(output, new_stats,
-        tape)`` where ``tape`` holds what ``backward`` needs; else just the output."""
+        tape)`` where ``tape`` holds what ``backward`` needs (the plan and each unit node's
+        VJP); else just the output (batch statistics in evaluation mode)."""
         values = {"x": x}
         new_stats = dict(stats)
         tape = []
@@ -203,8 +207,9 @@ class ComposedGraph:
         return values[output], new_stats, (plan, dict(tape))
 
     def backward(self, tape, g: jax.Array, output: str = "logits") -> dict:
-        """Gradients ``{path_key: nnx.State}`` of the scalar whose gradient with respect to
-        the plan's ``output`` is ``g``; paths that get no gradient are left out."""
+        """Gradients ``{path_key: tuple of arrays}`` (as the weight dicts) of the scalar whose
+        gradient with respect to the plan's ``output`` is ``g``; modules that get no
+        gradient are left out."""
         plan, vjps = tape
         cot = {output: g}
         grads: dict = {}
