@@ -1,7 +1,8 @@
 """Seconds per search step on the NAS-Bench-201 supernet (C=16, N=5, 32x32x3, batch 64):
 DARTS first order, DARTS exact second order, GDAS (mixture and switch supernets) and one
-random-single-path (SPOS) weight step, each from a cold start (first call = trace + compile
-+ run) and then averaged over a few steps.
+random-single-path (SPOS) weight step (switch supernet, and composed from per-unit programs),
+each from a cold start (first call = trace + compile + run) and then averaged over a few
+steps.
 
     python experiments/benchmark.py --config=configs/benchmark_darts.py [--workdir=DIR]
 
