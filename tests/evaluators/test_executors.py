@@ -125,3 +125,18 @@ def test_composed_execution_on_a_mesh_equals_no_mesh():
     (f0, out0), (f1, out1) = runs
     np.testing.assert_array_equal(f0, f1)
     np.testing.assert_allclose(out0["valid_loss"], out1["valid_loss"], rtol=1e-6)
+
+
+def test_composed_diverging_candidates_get_the_worst_fitness(caplog):
+    import dataclasses
+    import logging
+
+    from nas_jax.evaluators.population import PopulationEvaluator
+
+    blowup = dataclasses.replace(RECIPE, learning_rate=1e12, momentum=0.0)
+    with caplog.at_level(logging.WARNING):
+        fitness, out = PopulationEvaluator(SPACE, (X, Y), (X, Y), blowup,
+                                           execution="composed")(jax.random.key(3), ARCHS)
+    np.testing.assert_array_equal(out["finite"], [False, False])
+    np.testing.assert_array_equal(fitness, [-np.inf, -np.inf])
+    assert "2 of 2 candidates diverged" in caplog.text
