@@ -216,13 +216,43 @@ class ComposedTrainer:
 
         return nb201_plan(self.network, np.asarray(arch))
 
-    def prepare(self, params, stats) -> tuple[dict, dict, optax.OptState]:
-        """A whole supernet's ``(params, stats)`` as the graph's weight dicts, and a fresh
-        optimizer state for them."""
+    def prepare(self, params, stats, opt_state=None) -> tuple[dict, dict, optax.OptState]:
+        """A whole supernet's ``(params, stats)`` as the graph's weight dicts, with the
+        optimizer state for them: ``opt_state`` (of the whole supernet's params, e.g. a
+        jitted trainer's) converted, or a fresh one."""
+        full = params
         params, stats = self.graph.split_weights(self.paths, params, stats)
         if self._zeros is None:  # zero gradients for the modules a plan leaves out
             self._zeros = jax.jit(lambda t: jax.tree.map(jnp.zeros_like, t))(params)
-        return params, stats, self._init_opt(params)
+        if opt_state is None:
+            return params, stats, self._init_opt(params)
+        return params, stats, self._map_params_like(
+            opt_state, full, lambda t: self.graph.to_units(self.paths, t))
+
+    def restore(self, params: dict, stats: dict, opt_state, template_params,
+                template_stats) -> tuple:
+        """``prepare``'s inverse: whole-supernet ``(params, stats, opt_state)`` shaped like
+        the templates (for checkpoints and the jitted trainers)."""
+        def back(units, template):
+            return self.graph.from_units(self.paths, units, template)
+
+        return (back(params, template_params), back(stats, template_stats),
+                self._map_params_like(opt_state, params,
+                                      lambda t: back(t, template_params)))
+
+    @staticmethod
+    def _map_params_like(tree, params, fn):
+        """``fn`` applied to every subtree of ``tree`` shaped like ``params`` (an optimizer
+        state's momentum, moments, ...)."""
+        structure = jax.tree.structure(params)
+
+        def like(x):
+            try:
+                return jax.tree.structure(x) == structure
+            except TypeError:
+                return False
+
+        return jax.tree.map(lambda x: fn(x) if like(x) else x, tree, is_leaf=like)
 
     def step(self, plan, params: dict, stats: dict, opt_state, key, i, train_xy):
         """One training step of ``plan``'s weights: ``(params, stats, opt_state, loss)``."""

@@ -173,6 +173,27 @@ class ComposedGraph:
         return ({path_key(p): tuple(jax.tree.leaves(sub_state(params, p))) for p in paths},
                 {path_key(p): tuple(jax.tree.leaves(sub_state(stats, p))) for p in paths})
 
+    @staticmethod
+    def to_units(paths: list[tuple], tree) -> dict:
+        """A whole-network pytree shaped like its params (or stats) as a weight dict."""
+        return {path_key(p): tuple(jax.tree.leaves(sub_state(tree, p))) for p in paths}
+
+    @classmethod
+    def from_units(cls, paths: list[tuple], units: dict, template):
+        """The inverse of ``to_units``: ``template`` (a whole-network pytree of the same
+        structure) with its leaves replaced by ``units``' (every leaf must be covered)."""
+        leaves, treedef = jax.tree.flatten(template)
+        positions = cls.to_units(paths, jax.tree.unflatten(treedef, range(len(leaves))))
+        covered = set()
+        for key, values in units.items():
+            for i, v in zip(positions[key], values, strict=True):
+                leaves[i] = v
+                covered.add(i)
+        if len(covered) != len(leaves):
+            raise ValueError(f"the unit paths cover {len(covered)} of the network's "
+                             f"{len(leaves)} leaves")
+        return jax.tree.unflatten(treedef, leaves)
+
     def _unit_args(self, node: Node, weights: dict) -> tuple:
         return tuple(weights[path_key(p)] for p in node.unit.paths)
 

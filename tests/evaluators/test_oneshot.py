@@ -74,7 +74,8 @@ def mini(monkeypatch):
         return MiniSupernet(rngs=rngs)
 
     monkeypatch.setattr(population, "build_network", build)
-    return OneShotEvaluator(MINI_SPACE, TRAIN, VALID, MINI_RECIPE, bn_recalibration_batches=2)
+    return OneShotEvaluator(MINI_SPACE, TRAIN, VALID, MINI_RECIPE, bn_recalibration_batches=2,
+                            train_execution="jit")
 
 
 def test_spos_training_follows_the_sampled_paths(mini):
@@ -177,11 +178,16 @@ def test_nb201_shared_weight_scoring():
     check_population_scores(evaluator, ARCHS, none_index=1)
 
 
-@pytest.mark.skipif(not os.environ.get("NAS_JAX_SLOW_TESTS"),
-                    reason="compiling the NB201 supernet's training step takes ~30 s on CPU; "
-                    "set NAS_JAX_SLOW_TESTS=1 (the stand-in tests cover the training logic)")
-def test_nb201_spos_training_ranks_convolutions_above_none():
-    evaluator = OneShotEvaluator(SPACE, TRAIN, VALID, RECIPE, bn_recalibration_batches=2)
+@pytest.mark.parametrize("execution", [
+    "composed",  # per-unit programs: a few seconds of compiles
+    pytest.param("jit", marks=pytest.mark.skipif(
+        not os.environ.get("NAS_JAX_SLOW_TESTS"),
+        reason="compiling the NB201 supernet's jitted training step takes ~30 s on CPU; set "
+        "NAS_JAX_SLOW_TESTS=1 (composed and the stand-in tests cover the training logic)")),
+])
+def test_nb201_spos_training_ranks_convolutions_above_none(execution):
+    evaluator = OneShotEvaluator(SPACE, TRAIN, VALID, RECIPE, bn_recalibration_batches=2,
+                                 train_execution=execution)
     initial = evaluator.init_supernet(KEY)
     _, untrained = evaluator.with_supernet(initial)(KEY, ARCHS)
     state, losses = evaluator.train_steps(initial, RECIPE.steps)
@@ -192,6 +198,47 @@ def test_nb201_spos_training_ranks_convolutions_above_none():
         assert float(trained["valid_loss"][i]) < float(untrained["valid_loss"][i])
     # Measured 0.86-1.0 over 5 seeds (chance: 0.25).
     assert float(fitness[0]) >= 0.6 and float(fitness[0]) > float(fitness[1])
+
+
+def test_composed_spos_steps_equal_the_jitted_steps_and_resume_across():
+    """Same paths, batches and updates (to rounding) in either execution, and a state
+    written by one continues in the other (checkpoints are interchangeable)."""
+    space = NB201Space(channels=2, cells_per_stage=1, input_shape=(8, 8, 1),
+                       num_classes=CLASSES)
+    recipe = Recipe(steps=4, batch_size=16, learning_rate=0.05)  # momentum, decay, clipping
+    jit_ev, comp_ev = (OneShotEvaluator(space, TRAIN, VALID, recipe, train_execution=e)
+                       for e in ("jit", "composed"))
+    assert OneShotEvaluator(space, TRAIN, VALID, recipe).resolved_train_execution == (
+        "composed" if jax.default_backend() == "cpu" else "jit")
+    start = jit_ev.init_supernet(KEY)
+
+    def copy(state):
+        return jax.tree.map(jnp.copy, state)
+
+    want, want_losses = jit_ev.train_steps(copy(start), 4)
+    half, first = comp_ev.train_steps(copy(start), 2)
+    got, second = comp_ev.train_steps(half, 2)
+    mixed, third = jit_ev.train_steps(comp_ev.train_steps(copy(start), 2)[0], 2)
+    np.testing.assert_allclose(np.concatenate([first, second]), want_losses, rtol=1e-3)
+    np.testing.assert_allclose(third, want_losses[2:], rtol=1e-3)
+    for state in (got, mixed):
+        assert int(state.step) == 4
+        for part in ("params", "opt_state"):
+            a, b = getattr(state, part), getattr(want, part)
+            assert jax.tree.structure(a) == jax.tree.structure(b)
+            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+                np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-5)
+        # Batch statistics of modules on every path (the jitted step also moves the others').
+        for name in ("stem_bn", "head_bn"):
+            for x, y in zip(jax.tree.leaves(state.stats[name]), jax.tree.leaves(want.stats[name])):
+                np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-5)
+    with pytest.raises(ValueError, match="train_execution='fast'; allowed: auto, jit, composed"):
+        OneShotEvaluator(space, TRAIN, VALID, recipe, train_execution="fast")
+    with pytest.raises(ValueError, match="train_execution='composed': the MLPSpace network"):
+        from nas_jax.spaces.macro import MLPSpace
+
+        OneShotEvaluator(MLPSpace(input_shape=(4,), num_classes=2), TRAIN, VALID, recipe,
+                         train_execution="composed")
 
 
 def test_registry_config_and_errors():
