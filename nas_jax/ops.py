@@ -137,7 +137,8 @@ def _conv_chunked_bwd(stride, dilation, pad, res, g):
     gs = g.reshape((n, g.shape[0] // n) + g.shape[1:])
     dk = None
     for i in range(n):  # unrolled: a loop over chunks (fori_loop) ran ~30x slower
-        part = jax.vjp(lambda k: _xla_conv(xs[i], k, stride, dilation, pad), kernel)[1](gs[i])[0]
+        part = jax.vjp(lambda k, x=xs[i]: _xla_conv(x, k, stride, dilation, pad),
+                       kernel)[1](gs[i])[0]
         dk = part if dk is None else dk + part
     return dx, dk
 

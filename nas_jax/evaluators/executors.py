@@ -169,9 +169,8 @@ class ComposedTrainer:
 
     def __init__(self, graph, network, recipe: Recipe,
                  tx: optax.GradientTransformation | None = None):
-        from nas_jax.train.steps import cross_entropy, draw_batch
-
         from nas_jax.supernet.composed import nb201_unit_paths
+        from nas_jax.train.steps import cross_entropy, draw_batch
 
         self.graph, self.network, self.recipe = graph, network, recipe
         self.paths = nb201_unit_paths(network)

@@ -151,8 +151,8 @@ def test_execution_choice():
         "switch" if on_cpu else "vmap")
     assert resolve_execution("auto", MLPSpace(input_shape=(4,), num_classes=2)) == (
         "loop" if on_cpu else "vmap")
-    with pytest.raises(ValueError,
-                       match="execution='pmap'; allowed: auto, loop, switch, composed, compiled, vmap"):
+    with pytest.raises(ValueError, match="execution='pmap'; allowed: auto, loop, switch, "
+                                         "composed, compiled, vmap"):
         PopulationEvaluator(SPACE, TRAIN, VALID, RECIPE, execution="pmap")
     with pytest.raises(ValueError, match="execution='composed': the MLPSpace network has no "
                                          "composed form"):
