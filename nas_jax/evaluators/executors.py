@@ -132,11 +132,12 @@ class ComposedExecutor:
     to the modules the candidate's plan uses; ``trainer(params, stats, data_key, weights,
     train_xy, valid_xy)`` takes the candidate's one-hot ``weights`` (it reads the arg-max
     per edge) and returns the same row as the other executors' trainers. The results equal
-    the switch supernet's up to float rounding (tested).
+    the supernet loop's up to float rounding (tested).
 
     Args:
       space: the NB201 search space.
       recipe: the training recipe.
+      tx: the weight optimizer (default: the recipe's), e.g. a search's.
     """
 
     # Each unit is a top-level program, so XLA's convolutions keep their speed there; their
