@@ -6,7 +6,6 @@ Layouts are NHWC. Every module takes ``(x, train)``; batch-norm statistics live 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -80,13 +79,13 @@ def _tap_views(x: jax.Array, kh: int, kw: int, h_out: int, w_out: int, stride: i
             for i in range(kh) for j in range(kw)]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv_taps(x, kernel, stride: int, dilation: int, pad: int):
-    return _xla_conv(x, kernel, stride, dilation, pad)
-
-
-def _conv_taps_fwd(x, kernel, stride, dilation, pad):
-    return _xla_conv(x, kernel, stride, dilation, pad), (x, kernel)
+def _xla_conv_with_vjp(bwd: Callable) -> Callable:
+    """XLA's convolution with its own backward ``bwd(stride, dilation, pad, (x, kernel), g)
+    -> (dx, dkernel)``; the forward keeps its inputs as residuals."""
+    conv = jax.custom_vjp(_xla_conv, nondiff_argnums=(2, 3, 4))
+    conv.defvjp(lambda x, kernel, stride, dilation, pad: (
+        _xla_conv(x, kernel, stride, dilation, pad), (x, kernel)), bwd)
+    return conv
 
 
 def _conv_taps_bwd(stride, dilation, pad, res, g):
@@ -105,7 +104,7 @@ def _conv_taps_bwd(stride, dilation, pad, res, g):
     return dx, dk.reshape(kh, kw, c_in, c_out)
 
 
-_conv_taps.defvjp(_conv_taps_fwd, _conv_taps_bwd)
+_conv_taps = _xla_conv_with_vjp(_conv_taps_bwd)
 
 
 CHUNK_ELEMENTS = 1 << 17  # input elements per kernel-gradient chunk (see ``conv2d``)
@@ -118,15 +117,6 @@ def batch_chunks(x_shape) -> int:
     per_image = max(int(np.prod(x_shape[1:])), 1)
     target = max(b * per_image // CHUNK_ELEMENTS, 1)
     return max(n for n in range(1, min(target, b) + 1) if b % n == 0)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv_chunked(x, kernel, stride: int, dilation: int, pad: int):
-    return _xla_conv(x, kernel, stride, dilation, pad)
-
-
-def _conv_chunked_fwd(x, kernel, stride, dilation, pad):
-    return _xla_conv(x, kernel, stride, dilation, pad), (x, kernel)
 
 
 def _conv_chunked_bwd(stride, dilation, pad, res, g):
@@ -143,7 +133,7 @@ def _conv_chunked_bwd(stride, dilation, pad, res, g):
     return dx, dk
 
 
-_conv_chunked.defvjp(_conv_chunked_fwd, _conv_chunked_bwd)
+_conv_chunked = _xla_conv_with_vjp(_conv_chunked_bwd)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, dilation: int = 1,
