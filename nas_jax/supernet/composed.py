@@ -315,11 +315,7 @@ def nb201_plan(network, arch) -> list[Node]:
     """
     from nas_jax.supernet.nb201 import NB201Cell
 
-    op_names = network.layers[0].op_names if len(network.layers) else ()
-    for layer in network.layers:
-        if isinstance(layer, NB201Cell):
-            op_names = layer.op_names
-            break
+    op_names = next(layer.op_names for layer in network.layers if isinstance(layer, NB201Cell))
     arch = np.asarray(arch)
     live = nb201_live_edges(op_names, arch)
     plan = [Node("h0", ("x",), Unit((("stem",), ("stem_bn",)), _stem))]
