@@ -14,6 +14,7 @@ import ml_collections
 
 from nas_jax import registry
 from nas_jax.data.datasets import KNOWN_DATASETS
+from nas_jax.evaluators.oneshot import TRAIN_EXECUTIONS as SUPERNET_EXECUTIONS
 from nas_jax.evaluators.population import (
     EXECUTIONS,
     has_network,
@@ -77,6 +78,8 @@ def search_config() -> ml_collections.ConfigDict:
     ))
     c.evaluator = _recipe(name="population", execution="auto",
                           supernet_steps=500, bn_recalibration_batches=4,  # oneshot
+                          # oneshot: how the supernet trains (auto: composed on CPU for nb201)
+                          supernet_execution="auto",
                           proxy_batch_size=64,  # naswot minibatch
                           table_path="", allow_partial=False)  # table (a .npz benchmark)
     c.budget = ml_collections.ConfigDict(dict(num_evaluations=40))
@@ -93,6 +96,17 @@ def search_config() -> ml_collections.ConfigDict:
              threefry_partitionable=False,
              mesh_candidates=-1, mesh_data=1))  # device mesh: -1 = all devices (data takes 1)
     return c
+
+
+def _check_supernet_execution(config, space) -> None:
+    value = config.evaluator.supernet_execution
+    if value not in SUPERNET_EXECUTIONS:
+        raise ConfigError(f"config.evaluator.supernet_execution={value!r}: allowed: "
+                          f"{', '.join(SUPERNET_EXECUTIONS)}")
+    if value == "composed" and not supports_composed(space):
+        raise ConfigError(f"config.evaluator.supernet_execution='composed': the "
+                          f"{config.space.name} network has no composed form (nb201 only); "
+                          "use auto or jit")
 
 
 def _type_name(value) -> str:
@@ -233,6 +247,8 @@ def validate(config: ml_collections.ConfigDict):
     _positive(config, "evaluator.supernet_steps")
     _positive(config, "evaluator.bn_recalibration_batches", allow_zero=True)
     _positive(config, "evaluator.proxy_batch_size")
+    if evaluator == "oneshot":
+        _check_supernet_execution(config, space)
     own = EVALUATOR_EXECUTIONS.get(evaluator)
     if own is not None and config.evaluator.execution not in own:
         raise ConfigError(f"config.evaluator.execution={config.evaluator.execution!r}: the "

@@ -136,6 +136,7 @@ def _oneshot(cfg, space, dataset):
         valid=(dataset.valid.x, dataset.valid.y),
         recipe=dataclasses.replace(recipe_from_config(cfg), steps=cfg.supernet_steps),
         bn_recalibration_batches=cfg.bn_recalibration_batches,
+        train_execution=cfg.get("supernet_execution", "auto"),
     )
 
 

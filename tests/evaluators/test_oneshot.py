@@ -250,17 +250,29 @@ def test_registry_config_and_errors():
     assert isinstance(evaluator, OneShotEvaluator) and evaluator.execution == "vmap"
     assert evaluator.recipe.steps == 7 and evaluator.bn_recalibration_batches == 0
     assert evaluator.recipe.batch_size == cfg.batch_size and evaluator.supernet is None
+    assert evaluator.train_execution == "auto"
+    cfg.supernet_execution = "jit"
+    assert registry.EVALUATORS.build("oneshot", cfg, SPACE, dataset).train_execution == "jit"
     with pytest.raises(ValueError, match="bn_recalibration_batches=-1"):
         OneShotEvaluator(SPACE, TRAIN, VALID, RECIPE, bn_recalibration_batches=-1)
     for field, value, message in (
             ("supernet_steps", 0, "supernet_steps=0: must be > 0"),
             ("bn_recalibration_batches", -2, "bn_recalibration_batches=-2: must be >= 0"),
-            ("execution", "loop", "execution='loop': the oneshot evaluator allows: auto, vmap")):
+            ("execution", "loop", "execution='loop': the oneshot evaluator allows: auto, vmap"),
+            ("supernet_execution", "eager",
+             "supernet_execution='eager': allowed: auto, jit, composed")):
         config = search_config()
         config.evaluator.name = "oneshot"
         config.evaluator[field] = value
         with pytest.raises(ConfigError, match=re.escape(f"config.evaluator.{message}")):
             validate(config)
+    config = search_config()
+    config.evaluator.name, config.evaluator.supernet_execution = "oneshot", "composed"
+    config.space.name = "darts"
+    with pytest.raises(ConfigError, match=re.escape(
+            "config.evaluator.supernet_execution='composed': the darts network has no "
+            "composed form")):
+        validate(config)
     config = search_config()
     config.evaluator.name = "oneshot"
     assert validate(config) == NB201Space(channels=8, cells_per_stage=1)
