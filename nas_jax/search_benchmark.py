@@ -25,7 +25,6 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from nas_jax.evaluators.population import EXECUTION_OPTIONS
 from nas_jax.spaces.nb201 import NB201Space
@@ -80,6 +79,7 @@ def _time_random_path_composed(search: GradientSearch, key: jax.Array, train_bat
     """``random_path`` through ``ComposedExecutor``'s trainer, with the search's weight
     optimizer and initial weights."""
     from nas_jax.evaluators.executors import ComposedExecutor
+    from nas_jax.evaluators.oneshot import sampled_paths
     from nas_jax.train.steps import Recipe
 
     space = search.space
@@ -87,8 +87,7 @@ def _time_random_path_composed(search: GradientSearch, key: jax.Array, train_bat
                                tx=search.weight_optimizer()).trainer
     state = jax.jit(search.init)(key)
     params, stats, w_opt = trainer.prepare(state.params, state.stats)
-    archs = np.asarray(jax.vmap(lambda i: space.sample(jax.random.fold_in(state.key, i)))(
-        jnp.arange(steps + 1)))
+    archs = sampled_paths(space, state.key, 0, steps + 1)  # random_path's, step by step
     t0 = time.perf_counter()
     params, stats, w_opt, loss = trainer.step(trainer.plan_arch(ALL_OP_KINDS), params, stats,
                                               w_opt, state.key, 0, train_batch)

@@ -30,7 +30,6 @@ import numpy as np
 import optax
 from flax import nnx
 
-from nas_jax.supernet.composed import pullback
 from nas_jax.train.steps import HostLoopTrainer, Recipe
 
 
@@ -171,7 +170,14 @@ class ComposedTrainer:
     def __init__(self, graph, network, recipe: Recipe,
                  tx: optax.GradientTransformation | None = None):
         from nas_jax.supernet.composed import nb201_unit_paths
-        from nas_jax.train.steps import cross_entropy, draw_batch
+        from nas_jax.train.steps import (
+            batch_scores,
+            cross_entropy,
+            draw_batch,
+            mean_scores,
+            padded_batches,
+            with_training_scores,
+        )
 
         self.graph, self.network, self.recipe = graph, network, recipe
         self.paths = nb201_unit_paths(network)
@@ -182,30 +188,17 @@ class ComposedTrainer:
             updates, opt_state = tx.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state
 
-        def loss_and_vjp(logits, y):
-            return jax.vjp(lambda z: cross_entropy(z, y), logits)
-
-        def batch_scores(logits, y, mask):
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-            correct = jnp.argmax(logits, -1) == y
-            return jnp.sum(loss * mask), jnp.sum(correct * mask)
-
-        def summary(losses, params, loss_sum, correct, n):
-            tail = max(losses.shape[0] // 10, 1)
-            finite = jnp.all(jnp.isfinite(losses)) & jnp.all(
-                jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(params)]))
-            valid_loss = loss_sum / n
-            return {"valid_accuracy": correct / n, "valid_loss": valid_loss,
-                    "train_loss": jnp.mean(losses[-tail:]),
-                    "finite": finite & jnp.isfinite(valid_loss)}
+        def summary(losses, params, loss_sums, corrects, n):
+            scores = mean_scores(jnp.sum(jnp.stack(loss_sums)), jnp.sum(jnp.stack(corrects)), n)
+            return with_training_scores(scores, losses, params)
 
         self._init_opt = jax.jit(tx.init)
         self._update = jax.jit(update, donate_argnums=(0, 1))
         self._draw = jax.jit(draw_batch, static_argnums=4)
-        self._loss = jax.jit(loss_and_vjp)
+        self._loss = jax.jit(jax.value_and_grad(cross_entropy))  # (loss, d loss / d logits)
+        self._batches = jax.jit(padded_batches, static_argnums=1)
         self._batch_scores = jax.jit(batch_scores)
-        self._sum = jax.jit(lambda xs: jnp.sum(jnp.stack(xs), axis=0))
-        self._summary = jax.jit(summary)
+        self._summary = jax.jit(summary, static_argnums=4)
 
     def plan(self, weights) -> list:
         """The plan of the architecture that one-hot ``weights`` select."""
@@ -258,30 +251,19 @@ class ComposedTrainer:
         """One training step of ``plan``'s weights: ``(params, stats, opt_state, loss)``."""
         x, y = self._draw(key, i, *train_xy, self.recipe.batch_size)
         logits, stats, tape = self.graph.forward(plan, params, stats, x, train=True)
-        loss, loss_vjp = self._loss(logits, y)
-        grads = self.graph.backward(tape, pullback(loss_vjp, jnp.ones((), loss.dtype))[0])
+        loss, g_logits = self._loss(logits, y)
+        grads = self.graph.backward(tape, g_logits)
         grads = {k: grads[k] if k in grads else self._zeros[k] for k in params}
         params, opt_state = self._update(params, opt_state, grads)
         return params, stats, opt_state, loss
 
-    def evaluate(self, plan, params: dict, stats: dict, xy) -> tuple:
-        """``(loss_sum, correct)`` over ``xy`` in ``recipe.eval_batch_size`` batches."""
-        x, y = xy
-        n = x.shape[0]
-        b = min(self.recipe.eval_batch_size, n)
-        sums = []
-        for start in range(0, n, b):
-            xb, yb = x[start:start + b], y[start:start + b]
-            mask = jnp.ones((xb.shape[0],), jnp.float32)
-            if xb.shape[0] < b:  # the last batch, padded to the shape the programs know
-                pad = b - xb.shape[0]
-                xb = jnp.concatenate([xb, jnp.zeros((pad,) + xb.shape[1:], xb.dtype)])
-                yb = jnp.concatenate([yb, jnp.zeros((pad,), yb.dtype)])
-                mask = jnp.arange(b) < n - start
-            logits = self.graph.forward(plan, params, stats, xb, train=False)
-            sums.append(self._batch_scores(logits, yb, mask))
-        loss_sum, correct = zip(*sums)
-        return self._sum(list(loss_sum)), self._sum(list(correct))
+    def evaluate(self, plan, params: dict, stats: dict, xy) -> tuple[list, list]:
+        """Per-batch ``(loss sums, correct counts)`` over ``xy`` in the batches of
+        ``train.steps.evaluate`` (``recipe.eval_batch_size``, the last one padded)."""
+        xs, ys, masks = self._batches(xy, self.recipe.eval_batch_size)
+        sums = [self._batch_scores(self.graph.forward(plan, params, stats, xs[k], train=False),
+                                   ys[k], masks[k]) for k in range(xs.shape[0])]
+        return [s[0] for s in sums], [s[1] for s in sums]
 
     def __call__(self, params, stats, key: jax.Array, weights, train_xy,
                  valid_xy) -> dict[str, jax.Array]:
@@ -292,5 +274,6 @@ class ComposedTrainer:
             params, stats, opt_state, loss = self.step(plan, params, stats, opt_state, key, i,
                                                        train_xy)
             losses.append(loss)
-        loss_sum, correct = self.evaluate(plan, params, stats, valid_xy)
-        return self._summary(jnp.stack(losses), params, loss_sum, correct, valid_xy[0].shape[0])
+        loss_sums, corrects = self.evaluate(plan, params, stats, valid_xy)
+        return self._summary(jnp.stack(losses), params, loss_sums, corrects,
+                             valid_xy[0].shape[0])

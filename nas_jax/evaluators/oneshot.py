@@ -77,6 +77,13 @@ def supernet_step(space, recipe: Recipe, state: SupernetState, train_xy):
                          step=state.step + 1), loss
 
 
+def sampled_paths(space, key: jax.Array, start: int, num: int) -> np.ndarray:
+    """The paths ``supernet_step`` trains at steps ``start .. start + num - 1`` (``space.sample
+    (fold_in(key, step))``), read to the host in one transfer: ``int[num, D]``."""
+    steps = jnp.arange(start, start + num, dtype=jnp.int32)
+    return np.asarray(jax.vmap(lambda i: space.sample(jax.random.fold_in(key, i)))(steps))
+
+
 def recalibrate_stats(apply, params, stats, key: jax.Array, train_xy, num_batches: int,
                       batch_size: int):
     """BN statistics re-estimated for one architecture: the mean over ``num_batches`` train
@@ -204,8 +211,7 @@ class OneShotEvaluator:
         trainer = self._composed_trainer
         k_arch, k_data = jax.random.split(state.key)
         start = int(state.step)
-        archs = np.asarray(jax.vmap(lambda i: self.space.sample(jax.random.fold_in(k_arch, i)))(
-            jnp.arange(start, start + num_steps, dtype=jnp.int32)))
+        archs = sampled_paths(self.space, k_arch, start, num_steps)
         params, stats, opt_state = trainer.prepare(state.params, state.stats, state.opt_state)
         losses = []
         for j in range(num_steps):

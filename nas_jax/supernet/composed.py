@@ -128,9 +128,10 @@ class ComposedGraph:
     """Runs plans (lists of ``Node``) on per-unit weight dicts, forward and backward.
 
     Weights are dicts ``{path_key(path): tuple of arrays}`` (the leaves of the module's
-    ``nnx.State``) holding only the modules a plan uses (``split_weights``; ``merge_weights``
-    writes them back into a whole network's state). The programs are cached by unit
-    structure for the graph's lifetime.
+    ``nnx.State``), one entry per unit module of the network (``split_weights`` /
+    ``to_units``; ``from_units`` writes them back into a whole network's state). A plan
+    reads the entries of its own units. The programs are cached by unit structure for the
+    graph's lifetime.
     """
 
     def __init__(self, model: nnx.Module):
@@ -164,14 +165,13 @@ class ComposedGraph:
                     seen.setdefault(path_key(p), p)
         return list(seen.values())
 
-    @staticmethod
-    def split_weights(paths: list[tuple], params: nnx.State, stats: nnx.State):
+    @classmethod
+    def split_weights(cls, paths: list[tuple], params: nnx.State, stats: nnx.State):
         """``(params, stats)`` of a whole network as the dicts the graph runs on: one entry
         per module path of ``paths`` (every unit module of the network, so the dicts have
         one structure for every architecture and the programs over all of them, such as
         the optimizer update, compile once)."""
-        return ({path_key(p): tuple(jax.tree.leaves(sub_state(params, p))) for p in paths},
-                {path_key(p): tuple(jax.tree.leaves(sub_state(stats, p))) for p in paths})
+        return cls.to_units(paths, params), cls.to_units(paths, stats)
 
     @staticmethod
     def to_units(paths: list[tuple], tree) -> dict:

@@ -128,8 +128,14 @@ def summarize(apply: ApplyFn, params, stats, losses: jax.Array, valid_xy,
               recipe: Recipe) -> dict[str, jax.Array]:
     """Scores after training: ``valid_accuracy``, ``valid_loss``, ``train_loss`` (mean of the
     last 10% of steps) and ``finite`` (False when any loss or weight became non-finite)."""
+    return with_training_scores(evaluate(apply, params, stats, valid_xy,
+                                         recipe.eval_batch_size), losses, params)
+
+
+def with_training_scores(scores: dict, losses: jax.Array, params) -> dict[str, jax.Array]:
+    """``summarize``'s row from the valid ``scores`` (``evaluate``'s), the training losses
+    and the trained weights."""
     tail = max(losses.shape[0] // 10, 1)
-    scores = evaluate(apply, params, stats, valid_xy, recipe.eval_batch_size)
     finite = jnp.all(jnp.isfinite(losses)) & jnp.all(
         jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(params)])
     )
@@ -194,6 +200,19 @@ class HostLoopTrainer:
 
 def evaluate(apply: ApplyFn, params, stats, xy, batch_size: int) -> dict[str, jax.Array]:
     """Accuracy and mean loss over all of ``xy`` in fixed-size batches (last one masked)."""
+    def body(acc, batch):
+        xb, yb, mb = batch
+        logits, _ = apply(params, stats, xb, False)
+        loss_sum, correct = batch_scores(logits, yb, mb)
+        return (acc[0] + loss_sum, acc[1] + correct), None
+
+    (loss_sum, correct), _ = jax.lax.scan(body, (0.0, 0.0), padded_batches(xy, batch_size))
+    return mean_scores(loss_sum, correct, xy[1].shape[0])
+
+
+def padded_batches(xy, batch_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(x, y, mask)`` of ``xy`` cut into ``[num, b]`` batches (``b = min(batch_size, n)``),
+    the last one zero-padded and masked out."""
     x, y = xy
     n = x.shape[0]
     b = min(batch_size, n)
@@ -202,16 +221,17 @@ def evaluate(apply: ApplyFn, params, stats, xy, batch_size: int) -> dict[str, ja
     xp = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)]).reshape(
         (num, b) + x.shape[1:])
     yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]).reshape(num, b)
-    mask = (jnp.arange(num * b) < n).reshape(num, b)
+    return xp, yp, (jnp.arange(num * b) < n).reshape(num, b)
 
-    def body(acc, batch):
-        xb, yb, mb = batch
-        logits, _ = apply(params, stats, xb, False)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
-        correct = jnp.argmax(logits, -1) == yb
-        return (acc[0] + jnp.sum(loss * mb), acc[1] + jnp.sum(correct * mb)), None
 
-    (loss_sum, correct), _ = jax.lax.scan(body, (0.0, 0.0), (xp, yp, mask))
+def batch_scores(logits: jax.Array, y: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Summed cross-entropy and number correct over the unmasked examples of one batch."""
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    correct = jnp.argmax(logits, -1) == y
+    return jnp.sum(loss * mask), jnp.sum(correct * mask)
+
+
+def mean_scores(loss_sum, correct, n: int) -> dict[str, jax.Array]:
     return {"valid_accuracy": correct / n, "valid_loss": loss_sum / n}
 
 
