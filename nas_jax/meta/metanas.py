@@ -412,7 +412,9 @@ def evaluate(learner: Learner, key: jax.Array, state: MetaState, sampler: Episod
     temperature, and score the query set with the pruned weights. Episodes run in chunks of
     ``chunk``, vmapped on device by one compiled program whatever ``episodes`` is (the last
     chunk's surplus is dropped). ``inner_steps`` overrides the learner's (MetaNAS adapts
-    longer at meta-test).
+    longer at meta-test). A support set no larger than ``learner.inner_batch`` is used
+    whole at every step (meta-training may draw minibatches from more shots than the test
+    episodes have).
 
     Returns ``{"accuracy", "ci95" (1.96 * std / sqrt(n)), "accuracies" float[n]}`` plus
     ``"alphas"`` ``float[n, 2, 14, 8]`` (the adapted, unpruned alphas) for metanas.
@@ -422,6 +424,8 @@ def evaluate(learner: Learner, key: jax.Array, state: MetaState, sampler: Episod
                          f"{chunk}")
     if inner_steps is not None:
         learner = learner.replace(inner_steps=int(inner_steps))
+    if learner.inner_batch >= sampler.ways * sampler.shots:
+        learner = learner.replace(inner_batch=0)
     keys = jax.random.split(key, -(-episodes // chunk))
     threshold = jnp.asarray(threshold, jnp.float32)
     parts = [_evaluate_chunk(learner, k, state, sampler, temperature, chunk, threshold)

@@ -58,10 +58,18 @@ def metanas_config() -> ml_collections.ConfigDict:
     c.dataset = ml_collections.ConfigDict(dict(
         name="glyphs", data_dir="", rotations=False, image_size=28,
         valid_classes=100))  # meta-train classes held out for meta-validation
-    c.episodes = ml_collections.ConfigDict(dict(ways=5, shots=1, queries=5, meta_batch=5))
+    # train_shots: support examples per class in meta-training episodes (0: `shots`). Reptile
+    # and the MetaNAS code meta-train on more shots than they test with (10 and 15), adapting
+    # on minibatches of them (learner.inner_batch); meta-validation and meta-test episodes
+    # always have `shots`.
+    c.episodes = ml_collections.ConfigDict(dict(ways=5, shots=1, queries=5, meta_batch=5,
+                                                train_shots=0))
     c.learner = ml_collections.ConfigDict(dict(
         name="metanas", channels=8, num_cells=3, stem_multiplier=1, conv_channels=32,
         inner_steps=5, inner_lr_w=1e-3, inner_lr_alpha=1e-3, outer="reptile",
+        # Support examples per inner step, drawn at random at each step (0: the whole support
+        # set); a support set no larger than this (e.g. a 1-shot test episode's) is used whole.
+        inner_batch=0,
         meta_lr_w=1.0, meta_lr_alpha=0.6,
         # How the MetaNAS supernet runs its 14 edges per cell: "scan" (two lax.scans over
         # edges per cell) compiled the 3-cell meta-step program in 98 s vs 505 s "unrolled",
@@ -153,6 +161,15 @@ def validate_metanas(config: ml_collections.ConfigDict) -> None:
                           f"config.steps={config.steps}]")
     if not 0 <= config.prune_threshold < 1:
         raise ConfigError(f"config.prune_threshold={config.prune_threshold}: must be in [0, 1)")
+    e = config.episodes
+    if e.train_shots < 0:
+        raise ConfigError(f"config.episodes.train_shots={e.train_shots}: must be >= 0 (0: "
+                          f"config.episodes.shots)")
+    support = e.ways * (e.train_shots or e.shots)
+    if not 0 <= config.learner.inner_batch <= support:
+        raise ConfigError(f"config.learner.inner_batch={config.learner.inner_batch}: must be in "
+                          f"[0, {support}] (the meta-training support set: ways x "
+                          f"(train_shots or shots)); 0 uses the whole support set")
     if config.test.inner_steps < 0:
         raise ConfigError(f"config.test.inner_steps={config.test.inner_steps}: must be >= 0 "
                           "(0: config.learner.inner_steps)")
@@ -171,11 +188,11 @@ def build_samplers(config, splits: FewShotSplits | None = None
         raise ConfigError(f"config.dataset.valid_classes={d.valid_classes}: must be below the "
                           f"{len(splits.train_classes)} meta-train classes of {d.name}")
     train, valid = split_classes(splits.train_classes, d.valid_classes, config.seed)
-    make = functools.partial(EpisodeSampler.create, ways=e.ways, shots=e.shots,
-                             queries=e.queries)
+    make = functools.partial(EpisodeSampler.create, ways=e.ways, queries=e.queries)
     try:
-        samplers = (make(splits.meta_train, train), make(splits.meta_train, valid),
-                    make(splits.meta_test, splits.test_classes))
+        samplers = (make(splits.meta_train, train, shots=e.train_shots or e.shots),
+                    make(splits.meta_train, valid, shots=e.shots),
+                    make(splits.meta_test, splits.test_classes, shots=e.shots))
     except ValueError as err:
         raise ConfigError(f"config.episodes: {err}") from None
     return (*samplers, tuple(splits.input_shape))
@@ -192,7 +209,7 @@ def build_learner(config, name: str, input_shape) -> tuple[metanas.Learner, meta
         jax.random.fold_in(root, 10), name, space=space, conv_channels=lc.conv_channels,
         inner_steps=lc.inner_steps, inner_lr_w=lc.inner_lr_w, inner_lr_alpha=lc.inner_lr_alpha,
         outer=lc.outer, meta_lr_w=lc.meta_lr_w, meta_lr_alpha=lc.meta_lr_alpha,
-        arch_key=jax.random.fold_in(root, 11),
+        arch_key=jax.random.fold_in(root, 11), inner_batch=lc.inner_batch,
         network_options=_network_options(lc, name))
 
 

@@ -138,6 +138,10 @@ def test_changed_config_is_refused_on_resume(finished):
     (dict(learner__depthwise_impl="fft"), r"config.learner.depthwise_impl='fft'"),
     (dict(learner__meta_lr_schedule="cosine"), r"config.learner.meta_lr_schedule='cosine'"),
     (dict(dataset__name="cifar10"), r"config.dataset.name='cifar10'"),
+    (dict(episodes__train_shots=-1), r"config.episodes.train_shots=-1: must be >= 0"),
+    (dict(learner__inner_batch=4), r"config.learner.inner_batch=4: must be in \[0, 3\]"),
+    (dict(learner__inner_batch=7, episodes__train_shots=2),
+     r"config.learner.inner_batch=7: must be in \[0, 6\]"),
 ])
 def test_config_errors_name_the_field(change, message):
     with pytest.raises(ConfigError, match=message):
@@ -202,6 +206,39 @@ def test_metanas_run_with_warmup_and_in_task_anneal(tmp_path):
     assert not np.allclose(final.alpha, initial.alpha)
     assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(after_warmup.params),
                                                      jax.tree.leaves(initial.params)))
+
+
+def test_meta_training_on_more_shots_in_minibatches(tmp_path):
+    """episodes.train_shots sizes only the meta-training episodes; learner.inner_batch draws
+    minibatches from them, and a smaller (test) support set is used whole: a 1-shot meta-test
+    with inner_batch=4 scores exactly as with inner_batch=0."""
+    from nas_jax.meta import metanas
+    from nas_jax.meta.metanas_train import build_learner, build_samplers
+
+    config = _config(episodes__train_shots=3, learner__inner_batch=4)
+    validate_metanas(config)
+    train, valid, test, shape = build_samplers(config, _splits())
+    assert (train.shots, valid.shots, test.shots) == (3, 1, 1)
+    episode = train.sample(jax.random.key(0))
+    assert episode.support_x.shape[0] == 9 and episode.query_x.shape[0] == 6
+
+    learner, state = build_learner(config, "conv4", shape)
+    assert learner.inner_batch == 4
+    kw = dict(episodes=4, chunk=4, temperature=1.0, threshold=0.01)
+    key = jax.random.key(1)
+    got = metanas.evaluate(learner, key, state, test, **kw)
+    want = metanas.evaluate(learner.replace(inner_batch=0), key, state, test, **kw)
+    np.testing.assert_array_equal(got["accuracies"], want["accuracies"])
+    # On the 9-example meta-training support set the minibatches change the adaptation.
+    _, _, _, full = metanas.adapt(learner.replace(inner_batch=0), key, state.params,
+                                  state.rest, state.alpha, episode.support_x,
+                                  episode.support_y, 1.0)
+    _, _, _, mini = metanas.adapt(learner, key, state.params, state.rest, state.alpha,
+                                  episode.support_x, episode.support_y, 1.0)
+    assert not np.allclose(full, mini)
+
+    summary = run_metanas(config, str(tmp_path), splits=_splits())
+    assert summary["learners"]["conv4"]["steps"] == 4
 
 
 def test_paired_difference():
