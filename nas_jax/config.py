@@ -24,6 +24,7 @@ from nas_jax.evaluators.population import (
 )
 from nas_jax.evaluators.zero_cost import EXECUTIONS as ZERO_COST_EXECUTIONS
 from nas_jax.evaluators.zero_cost import has_relu_sites, naswot_space_names
+from nas_jax.spaces.darts import PRIMITIVES as DARTS_PRIMITIVES
 from nas_jax.spaces.nb201 import OPS as NB201_OPS
 from nas_jax.strategies.genetic import ENCODINGS
 from nas_jax.train.steps import OPTIMIZERS
@@ -59,6 +60,9 @@ def search_config() -> ml_collections.ConfigDict:
         # nb201: the operations every edge chooses from (a subset, in this order)
         ops=NB201_OPS,
         num_cells=8, stem_multiplier=3,  # darts
+        # darts: the ops every edge chooses from (distinct names of spaces.darts.OPS, in
+        # order), e.g. RobustDARTS' S2 ("skip_connect", "sep_conv_3x3")
+        darts_ops=DARTS_PRIMITIVES,
         num_layers=4, filters=(8, 16, 32, 64), kernel_sizes=(3, 5, 7), strides=(1, 2),
         activations=("relu", "gelu", "tanh", "swish"),  # macro_cnn (activations: mlp too)
         max_layers=3, units=(32, 64, 128, 256),  # mlp

@@ -354,6 +354,30 @@ class SepConv(nnx.Module):
         return self.block_b(self.block_a(x, train), train)
 
 
+class FacConv(nnx.Module):
+    """A factorized convolution (MetaNAS' ``conv_1x5_5x1``): ReLU -> conv 1xk (strided in both
+    dimensions) -> conv kx1 -> BN, both convolutions full (not depthwise), bias-free, with
+    'SAME'-style padding along their long side."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, *, stride: int = 1,
+                 affine: bool = True, rngs: nnx.Rngs):
+        init = jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+        self.row = nnx.Param(init(rngs.params(), (1, kernel, c_in, c_out), jnp.float32))
+        self.col = nnx.Param(init(rngs.params(), (kernel, 1, c_out, c_out), jnp.float32))
+        self.bn = BatchNorm(c_out, affine=affine)
+        self.stride = stride
+        self.pad = (kernel - 1) // 2
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        dims = ("NHWC", "HWIO", "NHWC")
+        p = self.pad
+        x = jax.lax.conv_general_dilated(jax.nn.relu(x), self.row[...], (self.stride,) * 2,
+                                         ((0, 0), (p, p)), dimension_numbers=dims)
+        x = jax.lax.conv_general_dilated(x, self.col[...], (1, 1), ((p, p), (0, 0)),
+                                         dimension_numbers=dims)
+        return self.bn(x, train)
+
+
 class FactorizedReduce(nnx.Module):
     """DARTS' ``FactorizedReduce``: ReLU, two 1x1 stride-2 convs (c_out/2 each) on the input
     and on it shifted by one pixel, concatenated, then BN. Halves the resolution.

@@ -50,11 +50,12 @@ def _nb201(cfg, input_shape=(32, 32, 3), num_classes=10):
 
 
 def _darts(cfg, input_shape=(32, 32, 3), num_classes=10):
-    from nas_jax.spaces.darts import DartsSpace
+    from nas_jax.spaces.darts import PRIMITIVES, DartsSpace
 
     return DartsSpace(channels=cfg.channels, num_cells=cfg.num_cells,
                       stem_multiplier=cfg.stem_multiplier, input_shape=tuple(input_shape),
-                      num_classes=num_classes)
+                      num_classes=num_classes,
+                      primitives=tuple(cfg.get("darts_ops", PRIMITIVES)))
 
 
 def _macro_cnn(cfg, input_shape=(32, 32, 3), num_classes=10):

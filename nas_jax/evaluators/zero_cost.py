@@ -37,7 +37,6 @@ from flax import nnx
 
 from nas_jax import ops
 from nas_jax.evaluators.population import NETWORKS, init_candidate, network_graphdef
-from nas_jax.spaces.darts import PRIMITIVES as DARTS_OPS
 from nas_jax.supernet.darts import DartsNetwork, edge_weights
 from nas_jax.supernet.nb201 import NB201Network
 
@@ -100,7 +99,8 @@ def _darts_sites(space, weights):
         op = _op_in_path(path)
         if op is None or per_edge is None:
             return 1.0
-        return per_edge[int(path[1] in space.reduction_cells), op[0], DARTS_OPS.index(op[1])]
+        cell = int(path[1] in space.reduction_cells)
+        return per_edge[cell, op[0], space.primitives.index(op[1])]
 
     return site
 
@@ -109,8 +109,8 @@ def _darts_sites(space, weights):
 # (the macro CNN / MLP supernets mask channels and mix activations: no entry yet).
 NASWOT_SITES: dict[type, ReluSites] = {
     NB201Network: ReluSites((ops.ReLUConvBN,), (ops.BatchNorm,), _nb201_sites),
-    DartsNetwork: ReluSites((ops.ReLUConvBN, ops.DilConv, ops.FactorizedReduce), (),
-                            _darts_sites),
+    DartsNetwork: ReluSites((ops.ReLUConvBN, ops.DilConv, ops.FacConv, ops.FactorizedReduce),
+                            (), _darts_sites),
 }
 
 

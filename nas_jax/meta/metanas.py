@@ -38,7 +38,7 @@ from nas_jax.meta.fewshot_models import Conv4
 from nas_jax.spaces.darts import DartsSpace
 from nas_jax.strategies.derive import derive
 from nas_jax.strategies.gradient import DARTS_SEARCH_OPTIONS
-from nas_jax.supernet.darts import ALPHA_SHAPE, EDGES, DartsNetwork
+from nas_jax.supernet.darts import EDGES, DartsNetwork
 from nas_jax.train.steps import cross_entropy
 
 LEARNERS = ("metanas", "conv4", "random_cell")
@@ -143,7 +143,7 @@ def make_learner(key: jax.Array, kind: str, *, space: DartsSpace, conv_channels:
     arch = None
     if kind == "metanas":
         model = DartsNetwork(space, None, **{**DARTS_SEARCH_OPTIONS, **options}, rngs=rngs)
-        alpha = alpha_init_scale * jax.random.normal(k_alpha, ALPHA_SHAPE, jnp.float32)
+        alpha = alpha_init_scale * jax.random.normal(k_alpha, space.alpha_shape, jnp.float32)
     elif kind == "random_cell":
         arch_key = jax.random.fold_in(key, 1) if arch_key is None else arch_key
         arch = tuple(int(a) for a in np.asarray(space.sample(arch_key)))
@@ -352,17 +352,19 @@ def meta_step(learner: Learner, key: jax.Array, state: MetaState, episodes: Epis
     return new_state, metrics
 
 
-def prune(alpha: jax.Array, temperature, threshold) -> jax.Array:
-    """MetaNAS' pruning of the adapted architecture: edge weights ``float[2, 14, 8]``.
+def prune(alpha: jax.Array, temperature, threshold, none_index: int | None = 0) -> jax.Array:
+    """MetaNAS' pruning of the adapted architecture: edge weights ``float[2, 14, ops]``.
 
     Per edge, ops whose ``softmax(alpha / T)`` weight is below ``threshold`` are zeroed; per
     intermediate node, input edges whose strongest non-``none`` op is below ``threshold``
     are dropped. The strongest non-``none`` op of each kept edge and the strongest input
     edge of each node are always kept, so the cell stays valid. Kept edges are renormalised
-    to sum to 1; dropped edges are all zero. Jittable.
+    to sum to 1; dropped edges are all zero. ``none_index``: the position of ``none`` among
+    the ops (DARTS': 0), or None when the space has no ``none`` (e.g. MetaNAS' few-shot ops).
+    Jittable.
     """
     w = jax.nn.softmax(alpha / temperature, -1)
-    real = w.at[..., 0].set(-1.0)  # op 0 is `none`: never counted as the strongest op
+    real = w if none_index is None else w.at[..., none_index].set(-1.0)  # never the strongest
     best_op = jax.nn.one_hot(jnp.argmax(real, -1), w.shape[-1], dtype=bool)
     op_keep = (w >= threshold) | best_op
     strength = jnp.max(real, -1)  # [2, 14]
@@ -373,6 +375,10 @@ def prune(alpha: jax.Array, temperature, threshold) -> jax.Array:
     kept = jnp.where(op_keep & edge_keep[..., None], w, 0.0)
     total = jnp.sum(kept, -1, keepdims=True)
     return jnp.where(total > 0, kept / jnp.where(total > 0, total, 1.0), 0.0)
+
+
+def _none_index(space: DartsSpace) -> int | None:
+    return space.primitives.index("none") if "none" in space.primitives else None
 
 
 def genotype(learner: Learner, alpha) -> np.ndarray:
@@ -398,7 +404,8 @@ def _evaluate_chunk(learner: Learner, key, state: MetaState, sampler: EpisodeSam
         ep = sampler.sample(k_sample)
         p, a, r, _ = adapt(learner, k_adapt, state.params, state.rest, state.alpha,
                            ep.support_x, ep.support_y, temperature)
-        weights = prune(a, t_last, threshold) if learner.searches else None
+        weights = (prune(a, t_last, threshold, _none_index(learner.space))
+                   if learner.searches else None)
         out, _ = _forward(learner, p, r, weights, ep.query_x)
         return jnp.mean(jnp.argmax(out, -1) == ep.query_y), a
 
@@ -436,5 +443,6 @@ def evaluate(learner: Learner, key: jax.Array, state: MetaState, sampler: Episod
               "ci95": float(1.96 * accs.std() / np.sqrt(len(accs))),
               "accuracies": accs}
     if learner.searches:
-        result["alphas"] = np.asarray(alphas).reshape((-1,) + ALPHA_SHAPE)[:episodes]
+        shape = learner.space.alpha_shape
+        result["alphas"] = np.asarray(alphas).reshape((-1,) + shape)[:episodes]
     return result

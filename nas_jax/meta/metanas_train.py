@@ -39,7 +39,7 @@ from nas_jax.data.tasks import EpisodeSampler, split_classes
 from nas_jax.meta import metanas
 from nas_jax.ops import DEPTHWISE_IMPLS
 from nas_jax.runner import check_same_run, setup_runtime
-from nas_jax.spaces.darts import CELLS, PRIMITIVES, DartsSpace
+from nas_jax.spaces.darts import CELLS, OPS, PRIMITIVES, DartsSpace
 from nas_jax.supernet.darts import EDGE_EXECUTIONS, edge_weights
 from nas_jax.utils.checkpoint import Checkpointer
 from nas_jax.utils.metrics import MetricWriter, Progress, atomic_write, read_jsonl
@@ -66,6 +66,9 @@ def metanas_config() -> ml_collections.ConfigDict:
                                                 train_shots=0))
     c.learner = ml_collections.ConfigDict(dict(
         name="metanas", channels=8, num_cells=3, stem_multiplier=1, conv_channels=32,
+        # The ops of the DARTS cells (MetaNAS and the random cell): DARTS' by default; the
+        # MetaNAS code's few-shot set is spaces.darts.FEWSHOT_PRIMITIVES.
+        primitives=PRIMITIVES,
         inner_steps=5, inner_lr_w=1e-3, inner_lr_alpha=1e-3, outer="reptile",
         # Support examples per inner step, drawn at random at each step (0: the whole support
         # set); a support set no larger than this (e.g. a 1-shot test episode's) is used whole.
@@ -161,6 +164,12 @@ def validate_metanas(config: ml_collections.ConfigDict) -> None:
                           f"config.steps={config.steps}]")
     if not 0 <= config.prune_threshold < 1:
         raise ConfigError(f"config.prune_threshold={config.prune_threshold}: must be in [0, 1)")
+    primitives = tuple(config.learner.primitives)
+    unknown = [p for p in primitives if p not in OPS]
+    if unknown or len(set(primitives)) != len(primitives) or set(primitives) <= {"none"}:
+        raise ConfigError(f"config.learner.primitives={primitives}: needs distinct ops from "
+                          f"{', '.join(OPS)}, at least one besides 'none'"
+                          + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
     e = config.episodes
     if e.train_shots < 0:
         raise ConfigError(f"config.episodes.train_shots={e.train_shots}: must be >= 0 (0: "
@@ -203,7 +212,7 @@ def build_learner(config, name: str, input_shape) -> tuple[metanas.Learner, meta
     lc = config.learner
     space = DartsSpace(channels=lc.channels, num_cells=lc.num_cells,
                        stem_multiplier=lc.stem_multiplier, input_shape=tuple(input_shape),
-                       num_classes=config.episodes.ways)
+                       num_classes=config.episodes.ways, primitives=tuple(lc.primitives))
     root = jax.random.key(config.seed)
     return metanas.make_learner(
         jax.random.fold_in(root, 10), name, space=space, conv_channels=lc.conv_channels,
@@ -365,7 +374,8 @@ def _architectures(config, learner, state, scored, out: str) -> dict:
         weights = np.asarray(edge_weights(space, space.one_hot(jnp.asarray(arch))))
         for c, cell in enumerate(CELLS):
             what = "meta-learned" if label == "meta" else f"meta-test {label}, adapted"
-            plot_cell(os.path.join(cells_dir, f"{label}_{cell}.png"), weights[c], PRIMITIVES,
+            plot_cell(os.path.join(cells_dir, f"{label}_{cell}.png"), weights[c],
+                      space.primitives,
                       f"MetaNAS {cell} cell ({what}; derived genotype)")
     strongest = np.asarray(jax.nn.softmax(jnp.asarray(alphas) / temp, -1)).max(-1)  # [n, 2, 14]
     return {

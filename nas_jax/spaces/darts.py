@@ -6,10 +6,16 @@ two operations, each applied to one of its ``i + 2`` candidate inputs: the cell 
 output concatenates all four intermediate nodes (``concat = [2, 3, 4, 5]``).
 
 Integer encoding (32 decisions): for cell in (normal, reduce), for node 0..3, for input slot
-0..1: ``(input index, op index)``. ``num_choices`` is per decision (``i + 2`` for an input
-index, 8 for an op), so the inherited mutation and crossover always yield valid cells.
-The integer space contains ``none``; cells derived by DARTS never do, but the strings here
-print it all the same.
+0..1: ``(input index, op index)``. ``num_choices`` is per decision (``i + 2`` for an
+input index, 8 for an op with DARTS' ops), so the inherited mutation and crossover always
+yield valid cells. The integer space contains ``none``; cells derived by DARTS never do, but
+the strings here print it all the same.
+
+The ops every edge chooses from are ``DartsSpace.primitives``: DARTS' 8 (``PRIMITIVES``) by
+default, or any subset or reordering of ``OPS``, e.g. the MetaNAS code's few-shot set
+(``FEWSHOT_PRIMITIVES``: no ``none``, no 5x5 kernels, plus ``conv_3x3`` and
+``conv_1x5_5x1``) or RobustDARTS' reduced spaces (``('skip_connect', 'sep_conv_3x3')``).
+An op decision then has ``len(primitives)`` choices.
 """
 
 from __future__ import annotations
@@ -34,6 +40,20 @@ PRIMITIVES = (
     "dil_conv_3x3",
     "dil_conv_5x5",
 )  # The DARTS repository's genotypes.PRIMITIVES order.
+# The MetaNAS code's few-shot op set (its genotypes.PRIMITIVES_FEWSHOT, in that order).
+FEWSHOT_PRIMITIVES = (
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "conv_1x5_5x1",
+    "conv_3x3",
+    "sep_conv_3x3",
+    "dil_conv_3x3",
+)
+# Every op a DARTS network can build: ``conv_3x3`` is MetaNAS' (ReLU, depthwise 3x3,
+# pointwise 1x1, BN: DilConv without dilation); ``conv_1x5_5x1`` is ReLU, full 1x5 and 5x1
+# convolutions, BN (``ops.FacConv``).
+OPS = PRIMITIVES + ("conv_3x3", "conv_1x5_5x1")
 CELLS = ("normal", "reduce")
 NUM_NODES = 4
 CONCAT = (2, 3, 4, 5)
@@ -65,9 +85,13 @@ def decision_index(cell: int, node: int, slot: int, kind: int) -> int:
     return ((cell * NUM_NODES + node) * 2 + slot) * 2 + kind
 
 
-NUM_CHOICES = tuple(
-    n for _ in CELLS for node in range(NUM_NODES) for _ in range(2) for n in (node + 2, 8)
-)
+def num_choices_for(num_ops: int) -> tuple[int, ...]:
+    """Choices per decision for ``num_ops`` ops per edge: (node + 2 inputs, num_ops) per slot."""
+    return tuple(n for _ in CELLS for node in range(NUM_NODES) for _ in range(2)
+                 for n in (node + 2, num_ops))
+
+
+NUM_CHOICES = num_choices_for(len(PRIMITIVES))
 INPUT_POSITIONS = tuple(range(0, len(NUM_CHOICES), 2))  # decisions that choose an input
 OP_POSITIONS = tuple(range(1, len(NUM_CHOICES), 2))  # decisions that choose an op
 
@@ -84,19 +108,37 @@ class DartsSpace(SearchSpace):
       stem_multiplier: the stem convolution outputs ``stem_multiplier * C`` channels.
       input_shape: per-example input (H, W, channels), e.g. (32, 32, 3) for CIFAR.
       num_classes: width of the classifier.
+      primitives: the ops every edge chooses from, in order (op indices refer to it); distinct
+        names from ``OPS``. Default: DARTS' ``PRIMITIVES``.
+      num_choices: derived from ``primitives`` (leave it out).
     """
 
-    num_choices: tuple[int, ...] = NUM_CHOICES
+    num_choices: tuple[int, ...] | None = None
     channels: int = 16
     num_cells: int = 8
     stem_multiplier: int = 3
     input_shape: tuple[int, int, int] = (32, 32, 3)
     num_classes: int = 10
+    primitives: tuple[str, ...] = PRIMITIVES
 
     def __post_init__(self):
-        if self.num_choices != NUM_CHOICES:
-            raise ValueError("DartsSpace.num_choices is fixed: 2 cells x 4 nodes x 2 inputs x "
-                             "(input index, op)")
+        primitives = tuple(self.primitives)
+        unknown = [p for p in primitives if p not in OPS]
+        if unknown:
+            names = ", ".join(map(repr, unknown))
+            raise ValueError(f"DartsSpace.primitives: unknown op(s) {names}; ops are "
+                             f"{', '.join(OPS)}")
+        if len(set(primitives)) != len(primitives):
+            raise ValueError(f"DartsSpace.primitives repeats an op: {primitives}")
+        if not [p for p in primitives if p != "none"]:
+            raise ValueError("DartsSpace.primitives needs at least one op other than 'none'")
+        object.__setattr__(self, "primitives", primitives)
+        expected = num_choices_for(len(primitives))
+        if self.num_choices is None:
+            object.__setattr__(self, "num_choices", expected)
+        elif tuple(self.num_choices) != expected:
+            raise ValueError("DartsSpace.num_choices is derived: 2 cells x 4 nodes x 2 inputs x "
+                             "(input index, op index into primitives); leave it out")
         for field in ("channels", "num_cells", "stem_multiplier", "num_classes"):
             if getattr(self, field) < 1:
                 raise ValueError(f"DartsSpace.{field} must be >= 1, got {getattr(self, field)}")
@@ -110,7 +152,12 @@ class DartsSpace(SearchSpace):
 
     @property
     def op_names(self) -> tuple[str, ...]:
-        return PRIMITIVES
+        return self.primitives
+
+    @property
+    def alpha_shape(self) -> tuple[int, int, int]:
+        """Architecture parameters per (cell type, edge, op): ``(2, 14, len(primitives))``."""
+        return (len(CELLS), NUM_NODES * (NUM_NODES + 3) // 2, len(self.primitives))
 
     @property
     def reduction_cells(self) -> tuple[int, ...]:
@@ -122,7 +169,7 @@ class DartsSpace(SearchSpace):
         arch = self.validate(arch)
         cells = []
         for c in range(len(CELLS)):
-            cells.append([(PRIMITIVES[arch[decision_index(c, n, s, 1)]],
+            cells.append([(self.primitives[arch[decision_index(c, n, s, 1)]],
                            int(arch[decision_index(c, n, s, 0)]))
                           for n in range(NUM_NODES) for s in range(2)])
         return Genotype(normal=cells[0], normal_concat=list(CONCAT),
@@ -130,7 +177,7 @@ class DartsSpace(SearchSpace):
 
     def from_genotype(self, genotype) -> np.ndarray:
         """Inverse of ``to_genotype``; accepts any object with the four Genotype fields."""
-        arch = np.zeros(len(NUM_CHOICES), np.int32)
+        arch = np.zeros(self.num_decisions, np.int32)
         for c, name in enumerate(CELLS):
             concat = list(getattr(genotype, f"{name}_concat"))
             if concat != list(CONCAT):
@@ -148,14 +195,14 @@ class DartsSpace(SearchSpace):
                         and not isinstance(pair[1], bool)):
                     raise ValueError(f"{where}: expected ('op_name', input_index), got {pair!r}")
                 op, src = pair
-                if op not in PRIMITIVES:
-                    raise ValueError(f"{where}: unknown op {op!r}; ops are "
-                                     f"{', '.join(PRIMITIVES)}")
+                if op not in self.primitives:
+                    raise ValueError(f"{where}: unknown op {op!r}; this space's ops are "
+                                     f"{', '.join(self.primitives)}")
                 if not 0 <= src < node + 2:
                     raise ValueError(f"{where}: input index {src} out of range; node {node} "
                                      f"takes inputs 0..{node + 1}")
                 arch[decision_index(c, node, slot, 0)] = src
-                arch[decision_index(c, node, slot, 1)] = PRIMITIVES.index(op)
+                arch[decision_index(c, node, slot, 1)] = self.primitives.index(op)
         return arch
 
     # ------------------------------------------------------------ strings
@@ -202,7 +249,7 @@ class DartsSpace(SearchSpace):
         """Order-free form: a node's two (input, op) pairs are sorted, and a ``none`` op's
         input is set to 0 (zero whatever it reads). Other isomorphisms are not merged."""
         arch = self.validate(arch).copy()
-        none = PRIMITIVES.index("none")
+        none = self.primitives.index("none") if "none" in self.primitives else -1
         for c in range(len(CELLS)):
             for n in range(NUM_NODES):
                 pairs = []
@@ -246,7 +293,7 @@ class DartsSpace(SearchSpace):
             for n in range(NUM_NODES):
                 for s in range(2):
                     src = arch[decision_index(cell, n, s, 0)]
-                    op = PRIMITIVES[arch[decision_index(cell, n, s, 1)]]
+                    op = self.primitives[arch[decision_index(cell, n, s, 1)]]
                     strided = reduction and src < 2
                     p, m = _op_costs(op, c_cur, strided)
                     params += p
@@ -263,7 +310,8 @@ class DartsSpace(SearchSpace):
 
         Stem conv3x3 (no bias) + BN; per cell, preprocessing of both inputs, then each op:
         sep_conv_k = 2 x (depthwise kxk, pointwise 1x1, BN); dil_conv_k = depthwise kxk
-        (dilation 2), pointwise 1x1, BN; skip_connect with stride 2 (on a cell input of a
+        (dilation 2), pointwise 1x1, BN; conv_3x3 = depthwise 3x3, pointwise 1x1, BN;
+        conv_1x5_5x1 = conv 1x5, conv 5x1, BN; skip_connect with stride 2 (on a cell input of a
         reduction cell) = FactorizedReduce; pools and ``none`` have none. Convs have no bias;
         BN counts its affine scale and shift. Linear classifier with bias.
         """
@@ -289,6 +337,10 @@ def _op_costs(op: str, c: int, strided: bool) -> tuple[int, int]:
     if op in DIL_KERNEL:
         k = DIL_KERNEL[op]
         return c * k * k + c * c + 2 * c, c * k * k + c * c
+    if op == "conv_3x3":
+        return c * 9 + c * c + 2 * c, c * 9 + c * c
+    if op == "conv_1x5_5x1":
+        return 10 * c * c + 2 * c, 10 * c * c
     if op == "skip_connect" and strided:
         return _fr_params(c, c), (c // 2) * 2 * c
     return 0, 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nas_jax.spaces.darts import CELLS, PRIMITIVES, DartsSpace, decision_index
+from nas_jax.spaces.darts import CELLS, DartsSpace, decision_index
 from nas_jax.spaces.darts import NUM_NODES as DARTS_NODES
 from nas_jax.spaces.nb201 import NB201Space
 from nas_jax.strategies.gradient import alpha_shape
@@ -38,7 +38,7 @@ def derive(space, alpha) -> np.ndarray:
     if isinstance(space, NB201Space):
         return np.argmax(alpha, -1).astype(np.int32)
     weights = _softmax(alpha)
-    none = PRIMITIVES.index("none")
+    none = space.primitives.index("none") if "none" in space.primitives else -1
     arch = np.zeros(space.num_decisions, np.int32)
     for cell in range(len(CELLS)):
         for node in range(DARTS_NODES):
@@ -58,7 +58,7 @@ def op_names(space, arch) -> list[str]:
     if isinstance(space, NB201Space):
         return [space.ops[a] for a in arch]
     if isinstance(space, DartsSpace):
-        return [PRIMITIVES[arch[decision_index(c, n, s, 1)]]
+        return [space.primitives[arch[decision_index(c, n, s, 1)]]
                 for c in range(len(CELLS)) for n in range(DARTS_NODES) for s in range(2)]
     raise ValueError(f"no op names for {type(space).__name__}; supported: nb201, darts")
 

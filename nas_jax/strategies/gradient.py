@@ -36,7 +36,6 @@ from nas_jax.spaces.darts import DartsSpace
 from nas_jax.spaces.nb201 import EDGES as NB201_EDGES
 from nas_jax.spaces.nb201 import NB201Space
 from nas_jax.strategies.collapse import beta_regularization
-from nas_jax.supernet.darts import ALPHA_SHAPE as DARTS_ALPHA_SHAPE
 from nas_jax.train.steps import cross_entropy, value_and_grad_params
 
 METHODS = ("darts", "gdas")
@@ -46,11 +45,11 @@ DARTS_SEARCH_OPTIONS = {"affine": False, "pool_bn": True}
 
 def alpha_shape(space) -> tuple[int, ...]:
     """The shape of ``alpha`` for a space: NB201 ``(6, len(space.ops))`` (``(6, 5)``),
-    DARTS ``(2, 14, 8)``."""
+    DARTS ``(2, 14, len(space.primitives))`` (``(2, 14, 8)``)."""
     if isinstance(space, NB201Space):
         return (len(NB201_EDGES), len(space.ops))
     if isinstance(space, DartsSpace):
-        return DARTS_ALPHA_SHAPE
+        return space.alpha_shape
     raise ValueError(f"gradient search supports the nb201 and darts spaces, got "
                      f"{type(space).__name__}")
 

@@ -7,8 +7,9 @@ the chosen operations' weights across, and for a one-hot input both give the sam
 
 The supernet mixes per edge: ``node = sum_edges sum_ops w[cell type, edge, op] * op(input)``.
 Its weights come either per decision (``float[32, 8]``, e.g. ``space.one_hot(arch)``,
-converted by ``edge_weights``) or per edge (``float[2, 14, 8]`` = ``ALPHA_SHAPE``, e.g.
-``softmax(alpha)`` for DARTS or a Gumbel sample for GDAS). ``none`` is never computed: it
+converted by ``edge_weights``) or per edge (``float[2, 14, 8]`` = ``space.alpha_shape``, e.g.
+``softmax(alpha)`` for DARTS or a Gumbel sample for GDAS); the 8 is the number of ops,
+``len(space.primitives)`` (``ALPHA_SHAPE`` is DARTS' default). ``none`` is never computed: it
 would add zeros.
 
 Batch norm: by default every BN has a scale and shift (``affine=True``), as in DARTS'
@@ -27,6 +28,8 @@ training call returns ``(logits, aux_logits)``).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +52,8 @@ from nas_jax.spaces.darts import (
 
 EDGES = tuple((node, src) for node in range(NUM_NODES) for src in range(node + 2))
 NUM_EDGES = len(EDGES)  # 14
-ALPHA_SHAPE = (len(CELLS), NUM_EDGES, len(PRIMITIVES))  # (cell type, edge, op) = (2, 14, 8)
+# (cell type, edge, op) = (2, 14, 8) for DARTS' ops; a space's own: ``space.alpha_shape``.
+ALPHA_SHAPE = (len(CELLS), NUM_EDGES, len(PRIMITIVES))
 _POOLS = {"max_pool_3x3": ops.max_pool_3x3, "avg_pool_3x3": ops.avg_pool_3x3}
 EDGE_EXECUTIONS = ("unrolled", "scan")
 
@@ -65,7 +69,8 @@ def edge_index(node: int, src: int) -> int:
 
 
 def edge_weights(space: DartsSpace, weights: jax.Array) -> jax.Array:
-    """Per-decision weights ``float[32, 8]`` -> per-edge op weights ``float[2, 14, 8]``.
+    """Per-decision weights ``float[32, max_choices]`` -> per-edge op weights
+    ``float[2, 14, num_ops]`` (``space.alpha_shape``).
 
     For each node's slot j: ``w[cell, edge(node, k), o] += w_input_j[k] * w_op_j[o]``, so a
     one-hot architecture gives 1 on each chosen (edge, op) (2 where a node's two slots pick the
@@ -75,17 +80,20 @@ def edge_weights(space: DartsSpace, weights: jax.Array) -> jax.Array:
     if tuple(weights.shape) != expected:
         raise ValueError(f"DARTS supernet weights have shape {tuple(weights.shape)}; expected "
                          f"{expected} (per decision, e.g. space.one_hot(arch)), or pass "
-                         f"per-edge weights {ALPHA_SHAPE} as edge_weights=")
-    w_in = weights[np.asarray(INPUT_POSITIONS)]  # [16 slots, 8]; columns past node+2 unused
-    w_op = weights[np.asarray(OP_POSITIONS)]  # [16 slots, 8 ops]
-    out = jnp.einsum("sk,so,ske->eo", w_in, w_op, jnp.asarray(_SLOT_TO_EDGE, weights.dtype))
-    return out.reshape(ALPHA_SHAPE)
+                         f"per-edge weights {space.alpha_shape} as edge_weights=")
+    num_ops = len(space.primitives)
+    w_in = weights[np.asarray(INPUT_POSITIONS)]  # [16 slots, max]; columns past node+2 unused
+    w_op = weights[np.asarray(OP_POSITIONS)][:, :num_ops]  # [16 slots, ops]
+    table = jnp.asarray(_slot_to_edge(space.max_choices), weights.dtype)
+    out = jnp.einsum("sk,so,ske->eo", w_in, w_op, table)
+    return out.reshape(space.alpha_shape)
 
 
-def _slot_to_edge() -> np.ndarray:
-    """``[16 slots, 8 inputs, 2 * 14 edges]``: 1 where slot s's input k is edge e (flattened
-    over cell types); zero for input columns a node does not have."""
-    table = np.zeros((len(INPUT_POSITIONS), 8, len(CELLS) * NUM_EDGES), np.float32)
+@functools.cache
+def _slot_to_edge(columns: int) -> np.ndarray:
+    """``[16 slots, columns inputs, 2 * 14 edges]``: 1 where slot s's input k is edge e
+    (flattened over cell types); zero for input columns a node does not have."""
+    table = np.zeros((len(INPUT_POSITIONS), columns, len(CELLS) * NUM_EDGES), np.float32)
     for cell in range(len(CELLS)):
         for node in range(NUM_NODES):
             for slot in range(2):
@@ -95,37 +103,42 @@ def _slot_to_edge() -> np.ndarray:
     return table
 
 
-_SLOT_TO_EDGE = _slot_to_edge()
 _decision_to_edge_weights = edge_weights  # DartsNetwork.__call__ has an argument of that name
 
 
-def _standalone_edge_ops(arch: np.ndarray, cell: int) -> tuple[tuple[tuple[str, int], ...], ...]:
+def _standalone_edge_ops(arch: np.ndarray, cell: int, primitives: tuple[str, ...]
+                         ) -> tuple[tuple[tuple[str, int], ...], ...]:
     """Per edge, the chosen ``(op, multiplicity)`` pairs of one cell type (``none`` dropped)."""
     counts = [dict() for _ in EDGES]
     for node in range(NUM_NODES):
         for slot in range(2):
             src = int(arch[decision_index(cell, node, slot, 0)])
-            name = PRIMITIVES[int(arch[decision_index(cell, node, slot, 1)])]
+            name = primitives[int(arch[decision_index(cell, node, slot, 1)])]
             if name != "none":
                 per_edge = counts[edge_index(node, src)]
                 per_edge[name] = per_edge.get(name, 0) + 1
-    return tuple(tuple((n, c[n]) for n in PRIMITIVES if n in c) for c in counts)
+    return tuple(tuple((n, c[n]) for n in primitives if n in c) for c in counts)
 
 
-_SUPERNET_EDGE_OPS = tuple(tuple((name, 1) for name in PRIMITIVES[1:]) for _ in EDGES)
+def _supernet_edge_ops(primitives: tuple[str, ...]) -> tuple[tuple[tuple[str, int], ...], ...]:
+    """Every edge holds every op but ``none``."""
+    return tuple(tuple((name, 1) for name in primitives if name != "none") for _ in EDGES)
 
 
 class DartsCell(nnx.Module):
     """One DARTS cell: preprocess both inputs to ``channels``, 4 nodes, concat the 4 nodes.
 
     ``edge_ops[e]`` lists the ``(op, multiplicity)`` pairs present on edge ``e``. In a
-    reduction cell the ops reading a cell input (inputs 0, 1) have stride 2.
+    reduction cell the ops reading a cell input (inputs 0, 1) have stride 2. ``primitives``:
+    the space's ops, whose order indexes the supernet's weights.
     """
 
     def __init__(self, c_pp: int, c_p: int, channels: int, *, reduction: bool,
                  reduction_prev: bool, edge_ops, affine: bool, pool_bn: bool,
-                 depthwise_impl: str, edge_execution: str = "unrolled", rngs: nnx.Rngs):
+                 depthwise_impl: str, edge_execution: str = "unrolled",
+                 primitives: tuple[str, ...] = PRIMITIVES, rngs: nnx.Rngs):
         self.reduction = reduction
+        self.primitives = tuple(primitives)
         self.edge_ops = edge_ops
         self.edge_execution = edge_execution
         if reduction_prev:  # c_{k-2} is at twice this cell's input resolution
@@ -167,10 +180,10 @@ class DartsCell(nnx.Module):
                     out = self._apply(e, name, states[src], train)
                     identity = name == "skip_connect" and not (self.reduction and src < 2)
                     if weights is not None:
-                        out = weights[e, PRIMITIVES.index(name)] * out
+                        out = weights[e, self.primitives.index(name)] * out
                     elif drop_key is not None and not identity:
-                        op_key = jax.random.fold_in(drop_key, e * len(PRIMITIVES)
-                                                    + PRIMITIVES.index(name))
+                        op_key = jax.random.fold_in(drop_key, e * len(self.primitives)
+                                                    + self.primitives.index(name))
                         out = sum(drop_path(jax.random.fold_in(op_key, copy), out, drop_prob)
                                   for copy in range(count))
                     elif count != 1:
@@ -223,7 +236,7 @@ class DartsCell(nnx.Module):
             stats[name] = jax.tree.map(lambda *xs: jnp.stack(xs), *[p[2] for p in parts])
         src = jnp.asarray([EDGES[e][1] - offset for e in edges], jnp.int32)
         dst = jnp.asarray([EDGES[e][0] for e in edges], jnp.int32)
-        op_index = np.asarray([PRIMITIVES.index(name) for name in names])
+        op_index = np.asarray([self.primitives.index(name) for name in names])
         w = weights[np.asarray(edges)][:, op_index]  # [edges, ops]
 
         def body(nodes, xs):
@@ -301,6 +314,11 @@ def _make_op(name: str, c: int, stride: int, affine: bool, pool_bn: bool, depthw
     if name in DIL_KERNEL:
         return ops.DilConv(c, c, DIL_KERNEL[name], stride=stride, affine=affine,
                            depthwise_impl=depthwise_impl, rngs=rngs)
+    if name == "conv_3x3":  # MetaNAS' conv_3x3: DilConv without dilation
+        return ops.DilConv(c, c, 3, stride=stride, dilation=1, affine=affine,
+                           depthwise_impl=depthwise_impl, rngs=rngs)
+    if name == "conv_1x5_5x1":
+        return ops.FacConv(c, c, 5, stride=stride, affine=affine, rngs=rngs)
     if name == "skip_connect" and stride == 2:
         return ops.FactorizedReduce(c, c, affine=affine, rngs=rngs)
     if name in _POOLS and pool_bn:
@@ -315,7 +333,8 @@ class DartsNetwork(nnx.Module):
 
     Args:
       space: the DARTS space (channels, num_cells, stem_multiplier, input_shape, num_classes).
-      arch: None for the supernet (all 7 non-``none`` ops on all 14 edges of both cell types,
+      arch: None for the supernet (every non-``none`` op of ``space.primitives`` on all 14
+        edges of both cell types,
         mixed by the weights given at call time); an ``int[32]`` architecture for a standalone
         network. If a node's two slots pick the same input and op, the standalone network
         holds that op once and doubles its output (the supernet's edge weight is then 2);
@@ -348,10 +367,11 @@ class DartsNetwork(nnx.Module):
             raise ValueError(f"depthwise_impl={depthwise_impl!r}; allowed: "
                              f"{', '.join(ops.DEPTHWISE_IMPLS)}")
         if arch is None:
-            cell_ops = (_SUPERNET_EDGE_OPS, _SUPERNET_EDGE_OPS)
+            cell_ops = (_supernet_edge_ops(space.primitives),) * 2
         else:
             arch = space.validate(arch)
-            cell_ops = tuple(_standalone_edge_ops(arch, c) for c in range(len(CELLS)))
+            cell_ops = tuple(_standalone_edge_ops(arch, c, space.primitives)
+                             for c in range(len(CELLS)))
         if auxiliary and arch is None:
             raise ValueError("auxiliary=True needs a standalone DartsNetwork (an arch); the "
                              "supernet has no auxiliary head")
@@ -372,7 +392,8 @@ class DartsNetwork(nnx.Module):
                                    reduction_prev=reduction_prev, edge_ops=cell_ops[reduction],
                                    affine=affine, pool_bn=pool_bn,
                                    depthwise_impl=depthwise_impl,
-                                   edge_execution=edge_execution, rngs=rngs))
+                                   edge_execution=edge_execution,
+                                   primitives=space.primitives, rngs=rngs))
             reduction_prev = reduction
             c_pp, c_p = c_p, len(CONCAT) * c
             if reduction:
@@ -407,15 +428,16 @@ class DartsNetwork(nnx.Module):
                                  "call it without weights / edge_weights")
             per_edge = None
         elif (weights is None) == (edge_weights is None):
-            raise ValueError("the DARTS supernet needs exactly one of weights float[32, 8] "
-                             "(e.g. space.one_hot(arch)) or edge_weights float[2, 14, 8] "
-                             "(e.g. softmax(alpha))")
+            d, m = self.space.num_decisions, self.space.max_choices
+            raise ValueError(f"the DARTS supernet needs exactly one of weights float[{d}, {m}] "
+                             f"(e.g. space.one_hot(arch)) or edge_weights "
+                             f"float{list(self.space.alpha_shape)} (e.g. softmax(alpha))")
         elif weights is not None:
             per_edge = _decision_to_edge_weights(self.space, weights)
         else:
-            if tuple(edge_weights.shape) != ALPHA_SHAPE:
+            if tuple(edge_weights.shape) != self.space.alpha_shape:
                 raise ValueError(f"edge_weights have shape {tuple(edge_weights.shape)}; expected "
-                                 f"{ALPHA_SHAPE} (cell type, edge, op)")
+                                 f"{self.space.alpha_shape} (cell type, edge, op)")
             per_edge = edge_weights
         s0 = s1 = self.stem_bn(self.stem(x), train)
         aux_logits = None

@@ -182,7 +182,7 @@ def cell_arrows(edge_weights, op_names: Sequence[str], min_weight: float = 0.0
                 ) -> list[tuple[int, int, str, float]]:
     """The operations a DARTS-style cell diagram draws: ``(source, node, op, weight)`` for every
     (edge, op) of ``edge_weights`` ``float[14, K]`` (edge order of ``supernet.darts.EDGES``)
-    with a weight above `min_weight`; op 0 (``none``) is never drawn. Sources 0 and 1 are the
+    with a weight above `min_weight`; ``none`` is never drawn. Sources 0 and 1 are the
     cell inputs, 2.. the intermediate nodes; `node` is the intermediate node (0..3)."""
     w = np.asarray(edge_weights, dtype=np.float64)
     edges = [(node, src) for node in range(4) for src in range(node + 2)]
@@ -190,7 +190,7 @@ def cell_arrows(edge_weights, op_names: Sequence[str], min_weight: float = 0.0
         raise ValueError(f"edge_weights has shape {w.shape}; expected ({len(edges)}, "
                          f"{len(op_names)}) (edges, ops) for one cell")
     return [(src, node, op_names[o], float(w[e, o])) for e, (node, src) in enumerate(edges)
-            for o in range(1, len(op_names)) if w[e, o] > min_weight]
+            for o in range(len(op_names)) if op_names[o] != "none" and w[e, o] > min_weight]
 
 
 def plot_cell(
