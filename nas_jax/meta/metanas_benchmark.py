@@ -1,11 +1,12 @@
 """Cost of one MetaNAS meta-step per way of running the DARTS supernet, side by side.
 
-``run_metanas_benchmark(config)`` builds the MetaNAS learner of ``configs/metanas_glyphs.py``'s
-size (by default) once per variant ``(edge_execution, depthwise_impl)`` and times, in one
-process on the same episodes, the jitted ``metanas.meta_step`` (a meta-batch of tasks, each
-adapted for ``inner_steps`` Adam steps, then the Reptile update): tracing (lowering), XLA
-compilation, the first call, and the mean of ``config.steps`` further calls, plus the size
-of the lowered program. Only ratios within one run are meaningful on a shared machine.
+``run_metanas_benchmark(config)`` builds the MetaNAS learner of the size
+``configs/metanas_glyphs.py`` had before its Reptile-protocol default (by default) once per
+variant ``(edge_execution, depthwise_impl)`` and times, in one process on the same episodes,
+the jitted ``metanas.meta_step`` (a meta-batch of tasks, each adapted for ``inner_steps``
+Adam steps, then the Reptile update): tracing (lowering), XLA compilation, the first call,
+and the mean of ``config.steps`` further calls, plus the size of the lowered program. Only
+ratios within one run are meaningful on a shared machine.
 
 On the 2-core CPU the compile time dominates a short run: the unrolled supernet (14 edges x 7
 ops per cell in the program) compiled for ~8 minutes; ``edge_execution="scan"`` (one mixed
@@ -30,7 +31,7 @@ from nas_jax.supernet.darts import EDGE_EXECUTIONS
 
 
 def metanas_benchmark_config() -> ml_collections.ConfigDict:
-    """Defaults: the offline glyph config's learner (3 cells x 4 channels, 28x28x1, 5-way
+    """Defaults: the offline glyph config's earlier learner (3 cells x 4 channels, 28x28x1, 5-way
     1-shot with 5 queries, meta-batch 2, 3 inner steps), four variants, 3 timed steps."""
     c = ml_collections.ConfigDict()
     c.kind = "metanas"

@@ -113,7 +113,10 @@ def plot_curves(
         ok = np.isfinite(x) & np.isfinite(mean)
         if logx:
             ok &= x > 0
-        (line,) = ax.plot(x[ok], mean[ok], label=str(name), **dict(styles.get(name, {})))
+        style = dict(styles.get(name, {}))
+        if int(ok.sum()) < 2:  # a lone point draws no line: mark it
+            style.setdefault("marker", "o")
+        (line,) = ax.plot(x[ok], mean[ok], label=str(name), **style)
         if std is not None:
             std = _vector(f"{name}.std", std, x.size)[ok]
             band = np.isfinite(std)
