@@ -27,6 +27,7 @@ from nas_jax.supernet.darts import (
     edge_weights,
     extract_standalone,
 )
+from tests.supernet.random_state import fill_random
 
 SPACE = DartsSpace(channels=4, num_cells=3, input_shape=(8, 8, 3), num_classes=5)
 V2 = SPACE.from_string(DARTS_V2)
@@ -67,18 +68,7 @@ def abstract(arch=None, space=SPACE, affine=True, pool_bn=False, depthwise_impl=
 def random_state(arch=None, seed=0, **flags):
     """Random weights, BN affine and running statistics, filled with numpy (no init compile)."""
     graphdef, state = abstract(None if arch is None else tuple(int(a) for a in arch), **flags)
-    rng = np.random.default_rng(seed)
-
-    def fill(path, x):
-        name = next(k.key for k in reversed(path) if isinstance(k, jax.tree_util.DictKey))
-        noise = rng.normal(size=x.shape).astype(np.float32)
-        if len(x.shape) > 1:  # conv HWIO (depthwise: I=1) or dense: fan-in scaling
-            return jnp.asarray(noise * np.sqrt(2.0 / np.prod(x.shape[:-1])))
-        if name in ("scale", "var"):
-            return jnp.asarray(np.abs(1.0 + 0.3 * noise))
-        return jnp.asarray(0.3 * noise)
-
-    return graphdef, jax.tree_util.tree_map_with_path(fill, state)
+    return graphdef, fill_random(state, seed)
 
 
 def soft_decision_weights(rng):

@@ -26,6 +26,7 @@ from nas_jax.strategies.derive import derive, num_parameter_free
 from nas_jax.strategies.gradient import alpha_shape
 from nas_jax.supernet.darts import DartsNetwork, edge_index, edge_weights, extract_standalone
 from nas_jax.utils.plots import cell_arrows
+from tests.supernet.random_state import fill_random
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 FEW = DartsSpace(channels=4, num_cells=3, input_shape=(8, 8, 1), num_classes=5,
@@ -106,18 +107,7 @@ def _abstract(space, arch=None, edge_execution="unrolled"):
 
 def _random_state(space, arch=None, seed=0):
     graphdef, state = _abstract(space, arch)
-    rng = np.random.default_rng(seed)
-
-    def fill(path, x):
-        name = next(k.key for k in reversed(path) if isinstance(k, jax.tree_util.DictKey))
-        noise = rng.normal(size=x.shape).astype(np.float32)
-        if len(x.shape) > 1:
-            return jnp.asarray(noise * np.sqrt(2.0 / np.prod(x.shape[:-1])))
-        if name in ("scale", "var"):
-            return jnp.asarray(np.abs(1.0 + 0.3 * noise))
-        return jnp.asarray(0.3 * noise)
-
-    return graphdef, jax.tree_util.tree_map_with_path(fill, state)
+    return graphdef, fill_random(state, seed)
 
 
 def _params(state):
