@@ -90,7 +90,7 @@ class MetaState:
 
     params: nnx.State  # meta-learned weights (nnx.Param)
     rest: nnx.State  # everything else (BatchStat), carried, not meta-learned
-    alpha: jax.Array  # float[2, 14, 8] for metanas; float[0] for the baselines
+    alpha: jax.Array  # float[space.alpha_shape] for metanas; float[0] for the baselines
     outer_opt: Any  # (weights Adam, alpha Adam) states for fomaml; () for reptile
     step: jax.Array  # int32[], meta-iterations done
 
@@ -424,7 +424,7 @@ def evaluate(learner: Learner, key: jax.Array, state: MetaState, sampler: Episod
     episodes have).
 
     Returns ``{"accuracy", "ci95" (1.96 * std / sqrt(n)), "accuracies" float[n]}`` plus
-    ``"alphas"`` ``float[n, 2, 14, 8]`` (the adapted, unpruned alphas) for metanas.
+    ``"alphas"`` ``float[n, *space.alpha_shape]`` (the adapted, unpruned alphas) for metanas.
     """
     if episodes < 1 or chunk < 1:
         raise ValueError(f"evaluate needs episodes >= 1 and chunk >= 1, got {episodes} and "
