@@ -17,22 +17,33 @@ if __name__ == "__main__":  # before JAX starts: 2 MiB pages for XLA's buffers (
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from nas_jax.benchmark import run_benchmark  # noqa: E402
-from nas_jax.meta.metanas_benchmark import run_metanas_benchmark  # noqa: E402
-from nas_jax.search_benchmark import run_search_benchmark  # noqa: E402
-
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/benchmark_population.py")
 flags.DEFINE_string("workdir", None, "Optional: where benchmark.json is written.")
 flags.mark_flags_as_required(["config"])
+
+
+def _runner(kind):
+    """The benchmark of a config's ``kind``, imported only when it runs: the MetaNAS one
+    loads the dataset stack (TFDS), which the other two do without (e.g. on a GPU machine
+    with only JAX's own packages and ml_collections)."""
+    if kind == "search":
+        from nas_jax.search_benchmark import run_search_benchmark
+
+        return run_search_benchmark
+    if kind == "metanas":
+        from nas_jax.meta.metanas_benchmark import run_metanas_benchmark
+
+        return run_metanas_benchmark
+    from nas_jax.benchmark import run_benchmark
+
+    return run_benchmark
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
-    kind = _CONFIG.value.get("kind")
-    run = {"search": run_search_benchmark, "metanas": run_metanas_benchmark}.get(
-        kind, run_benchmark)
+    run = _runner(_CONFIG.value.get("kind"))
     run(_CONFIG.value, flags.FLAGS.workdir, log=lambda s: print(s, flush=True))
 
 

@@ -4,7 +4,9 @@ Not part of nas_jax and not installed with it (needs ``pip install torch``); the
 prints are the baseline that ``docs/benchmarks.md`` compares ``experiments/benchmark.py``
 with. It builds the NAS-Bench-201 search network the way AutoDL's PyTorch code does (stem,
 3 stages of N cells with C, 2C, 4C channels joined by residual reduction blocks, BN without
-affine parameters in the search cells) and times, with 2 threads unless ``--threads``:
+affine parameters in the search cells) and times, with 2 threads unless ``--threads``, on
+the CPU unless ``--device`` names another (e.g. ``cuda``: the timers then wait for the
+device):
 
 - ``search``: seconds per step of DARTS first order (an architecture step on a valid batch,
   then a weight step on a train batch, every op of every edge computed), GDAS (a Gumbel
@@ -14,7 +16,7 @@ affine parameters in the search cells) and times, with 2 threads unless ``--thre
   after another (only each cell's chosen ops), on the small (C=8, N=1, 16x16x3) and large
   (C=16, N=5, 32x32x3) workloads of ``configs/benchmark_population.py``, batch 64.
 
-    python experiments/reference_pytorch.py --what=search,population
+    python experiments/reference_pytorch.py --what=search,population [--device=cuda]
 """
 
 import argparse
@@ -120,12 +122,22 @@ def _optimizers(net):
     return weights, arch
 
 
+DEVICE = torch.device("cpu")  # set by --device
+
+
+def _sync():
+    """Wait for the device's queued work, so a timer reads finished work."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def _batches(size, n=2):
-    return [(torch.randn(64, 3, size, size), torch.randint(0, 10, (64,))) for _ in range(n)]
+    return [(torch.randn(64, 3, size, size, device=DEVICE),
+             torch.randint(0, 10, (64,), device=DEVICE)) for _ in range(n)]
 
 
 def time_search(steps=3):
-    net = Network(16, 5)
+    net = Network(16, 5).to(DEVICE)
     w_opt, a_opt = _optimizers(net)
     (xt, yt), (xv, yv) = _batches(32)
 
@@ -156,14 +168,16 @@ def time_search(steps=3):
         a_opt.step()
 
     def random_path():
-        idx = torch.randint(0, len(OPS), (len(EDGES),))
+        idx = torch.randint(0, len(OPS), (len(EDGES),), device=DEVICE)
         weight_step(F.one_hot(idx, len(OPS)).float(), idx.tolist())
 
     for name, step in (("darts1", darts1), ("gdas", gdas), ("random_path", random_path)):
         step()  # warm-up
+        _sync()
         t0 = time.perf_counter()
         for _ in range(steps):
             step()
+        _sync()
         print(f"search      {name:12s} {(time.perf_counter() - t0) / steps:8.3f} s/step",
               flush=True)
 
@@ -172,17 +186,19 @@ def time_population(name, channels, cells, size, steps, candidates=16, seed=0):
     gen = torch.Generator().manual_seed(seed)
     archs = torch.randint(0, len(OPS), (candidates, len(EDGES)), generator=gen).tolist()
     (x, y), = _batches(size, 1)
+    _sync()
     t0 = time.perf_counter()
     for ops in archs:
-        net = Network(channels, cells)
+        net = Network(channels, cells).to(DEVICE)
         opt = torch.optim.SGD(net.weight_parameters(), 0.05, momentum=0.9, nesterov=True,
                               weight_decay=5e-4)
-        weights = F.one_hot(torch.tensor(ops), len(OPS)).float()
+        weights = F.one_hot(torch.tensor(ops, device=DEVICE), len(OPS)).float()
         for _ in range(steps):
             opt.zero_grad()
             F.cross_entropy(net(x, weights, ops), y).backward()
             nn.utils.clip_grad_norm_(net.weight_parameters(), 5)
             opt.step()
+    _sync()
     seconds = time.perf_counter() - t0
     print(f"population  {name:12s} {candidates * steps / seconds:8.2f} candidate-steps/s "
           f"({candidates} x {steps} steps in {seconds:.1f} s)", flush=True)
@@ -192,10 +208,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--what", default="search,population")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {DEVICE}"
+          + (f" ({torch.cuda.get_device_name(DEVICE)})" if DEVICE.type == "cuda" else ""),
+          flush=True)
     what = args.what.split(",")
     if "search" in what:
         time_search()
