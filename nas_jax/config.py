@@ -109,8 +109,8 @@ def _check_supernet_execution(config, space) -> None:
                           f"{', '.join(SUPERNET_EXECUTIONS)}")
     if value == "composed" and not supports_composed(space):
         raise ConfigError(f"config.evaluator.supernet_execution='composed': the "
-                          f"{config.space.name} network has no composed form (nb201 only); "
-                          "use auto or jit")
+                          f"{config.space.name} network has no composed form (nb201 and "
+                          "darts only); use auto or jit")
 
 
 def _type_name(value) -> str:
@@ -269,8 +269,8 @@ def validate(config: ml_collections.ConfigDict):
                           "network has no switch mode; use loop, compiled or vmap")
     if config.evaluator.execution == "composed" and not supports_composed(space):
         raise ConfigError(f"config.evaluator.execution='composed': the {config.space.name} "
-                          "network has no composed form (nb201 only); use loop, compiled or "
-                          "vmap")
+                          "network has no composed form (nb201 and darts only); use loop, "
+                          "compiled or vmap")
     if config.evaluator.execution not in EXECUTIONS:
         raise ConfigError(f"config.evaluator.execution={config.evaluator.execution!r}: "
                           f"allowed: {', '.join(EXECUTIONS)}")

@@ -118,11 +118,12 @@ def test_entry_point_reports_one_line_before_any_work(tmp_path):
     assert not workdir.exists()
 
 
-def test_composed_execution_needs_nb201():
+def test_composed_execution_needs_a_cell_space():
     validate(_config(evaluator__execution="composed"))
-    with pytest.raises(ConfigError, match=r"config.evaluator.execution='composed': the darts "
-                                          r"network has no composed form"):
-        validate(_config(space__name="darts", evaluator__execution="composed"))
+    validate(_config(space__name="darts", evaluator__execution="composed"))
+    with pytest.raises(ConfigError, match=r"config.evaluator.execution='composed': the mlp "
+                                          r"network has no composed form \(nb201 and darts"):
+        validate(_config(space__name="mlp", evaluator__execution="composed"))
 
 
 def test_switch_execution_needs_a_network_with_a_switch_mode():

@@ -16,7 +16,7 @@ dispatch (``HostLoopTrainer``), so nothing waits on the host per step:
 - ``ComposedExecutor``: each candidate's network run as a graph of small programs (one per
   kind of unit: stem, edge operation, reduction, head, node sum) composed from Python
   (``supernet.composed``): only the chosen operations run, each outside any branch, and
-  no architecture costs a compile (NB201).
+  no architecture costs a compile (NB201 and DARTS).
 """
 
 from __future__ import annotations
@@ -35,6 +35,21 @@ from nas_jax.train.steps import HostLoopTrainer, Recipe
 
 def stack_rows(rows: list[dict]) -> dict:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *rows)
+
+
+def supernet_init(space, **options):
+    """``init(key, weights) -> (params, stats, data_key)``: a candidate's supernet init
+    (``population.init_candidate``) for the host loops, compiled, or run op by op for the
+    DARTS supernet: its init has thousands of outputs (1,781 parameters at C=8, 5 cells),
+    and XLA:CPU took 164 s to compile it (``xla_backend_optimization_level=0``: 155 s),
+    while op by op it takes 4 s the first time (each op kind and shape compiles once) and
+    about 1 s per candidate after. The values are the compiled init's up to float rounding
+    (a few differ in the last bit), the same for every call."""
+    from nas_jax.evaluators.population import init_candidate
+    from nas_jax.spaces.darts import DartsSpace
+
+    init = functools.partial(init_candidate, space, None, **options)
+    return init if isinstance(space, DartsSpace) else jax.jit(init)
 
 
 def extract_subtree(full: nnx.State, template: nnx.State) -> nnx.State:
@@ -57,10 +72,10 @@ class LoopExecutor:
     """
 
     def __init__(self, space, recipe: Recipe, **options):
-        from nas_jax.evaluators.population import init_candidate, network_graphdef
+        from nas_jax.evaluators.population import network_graphdef
 
         self.space, self.recipe, self.options = space, recipe, options
-        self.init = jax.jit(functools.partial(init_candidate, space, None, **options))
+        self.init = supernet_init(space, **options)
         self.trainer = HostLoopTrainer(network_graphdef(space, None, **options), recipe)
 
     def __call__(self, keys, archs, weights, train_xy, valid_xy) -> dict:
@@ -85,11 +100,10 @@ class CompiledExecutor:
     """
 
     def __init__(self, space, recipe: Recipe, max_programs: int = 512, **options):
-        from nas_jax.evaluators.population import init_candidate
 
         self.space, self.recipe, self.options = space, recipe, options
         self.max_programs = max_programs
-        self._init = jax.jit(functools.partial(init_candidate, space, None, **options))
+        self._init = supernet_init(space, **options)
         self._programs: collections.OrderedDict = collections.OrderedDict()
         self.compiles = 0
 
@@ -124,8 +138,23 @@ class CompiledExecutor:
         return stack_rows(rows)
 
 
+def composed_options(space) -> dict:
+    """The supernet options of the composed execution (the same weights as the other
+    executions' supernet).
+
+    NB201: each unit is a top-level program, so XLA's convolutions keep their speed there;
+    their kernel gradients are faster in batch chunks, and as one matmul for 1x1 kernels
+    (``ops.conv2d``, ``"mixed"``; random-path steps of the C=16, N=5 network, alternated in
+    one process: 0.57 / 0.62 s with XLA's kernel gradients, 0.44 / 0.51 s with these).
+    """
+    from nas_jax.spaces.nb201 import NB201Space
+
+    return {"conv_impl": "mixed"} if isinstance(space, NB201Space) else {}
+
+
 class ComposedExecutor:
-    """Candidates one after another, each step composed from per-unit programs (NB201).
+    """Candidates one after another, each step composed from per-unit programs (NB201 and
+    DARTS).
 
     The weights are the supernet's (``init`` is the supernet init of ``LoopExecutor``), cut
     to the modules the candidate's plan uses; ``trainer(params, stats, data_key, weights,
@@ -139,21 +168,16 @@ class ComposedExecutor:
       tx: the weight optimizer (default: the recipe's), e.g. a search's.
     """
 
-    # Each unit is a top-level program, so XLA's convolutions keep their speed there; their
-    # kernel gradients are faster in batch chunks, and as one matmul for 1x1 kernels
-    # (ops.conv2d, "mixed"; random-path steps of the C=16, N=5 network, alternated in one
-    # process: 0.57 / 0.62 s with XLA's kernel gradients, 0.44 / 0.51 s with these).
-    OPTIONS = {"conv_impl": "mixed"}
-
     def __init__(self, space, recipe: Recipe, tx: optax.GradientTransformation | None = None):
-        from nas_jax.evaluators.population import build_network, init_candidate
+        from nas_jax.evaluators.population import build_network
         from nas_jax.supernet.composed import ComposedGraph
 
         self.space, self.recipe = space, recipe
+        self.options = composed_options(space)
         self.network = nnx.eval_shape(lambda: build_network(space, None, rngs=nnx.Rngs(0),
-                                                            **self.OPTIONS))
+                                                            **self.options))
         self.graph = ComposedGraph(self.network)
-        self.init = jax.jit(functools.partial(init_candidate, space, None, **self.OPTIONS))
+        self.init = supernet_init(space, **self.options)
         self.trainer = ComposedTrainer(self.graph, self.network, recipe, tx)
 
     def __call__(self, keys, archs, weights, train_xy, valid_xy) -> dict:
@@ -169,7 +193,7 @@ class ComposedTrainer:
 
     def __init__(self, graph, network, recipe: Recipe,
                  tx: optax.GradientTransformation | None = None):
-        from nas_jax.supernet.composed import nb201_unit_paths
+        from nas_jax.supernet.composed import unit_paths
         from nas_jax.train.steps import (
             batch_scores,
             cross_entropy,
@@ -180,7 +204,7 @@ class ComposedTrainer:
         )
 
         self.graph, self.network, self.recipe = graph, network, recipe
-        self.paths = nb201_unit_paths(network)
+        self.paths = unit_paths(network)
         self._zeros = None
         tx = recipe.make_optimizer() if tx is None else tx
 
@@ -205,9 +229,9 @@ class ComposedTrainer:
         return self.plan_arch(np.argmax(np.asarray(weights), axis=-1))
 
     def plan_arch(self, arch) -> list:
-        from nas_jax.supernet.composed import nb201_plan
+        from nas_jax.supernet.composed import plan_for
 
-        return nb201_plan(self.network, np.asarray(arch))
+        return plan_for(self.network, np.asarray(arch))
 
     def prepare(self, params, stats, opt_state=None) -> tuple[dict, dict, optax.OptState]:
         """A whole supernet's ``(params, stats)`` as the graph's weight dicts, with the

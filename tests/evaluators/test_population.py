@@ -15,6 +15,7 @@ from nas_jax import ops, registry
 from nas_jax.data.datasets import quadrant_images
 from nas_jax.evaluators import population
 from nas_jax.evaluators.population import PopulationEvaluator, resolve_execution, train_standalone
+from nas_jax.spaces.darts import DartsSpace
 from nas_jax.spaces.macro import MLPSpace
 from nas_jax.spaces.nb201 import NB201Space
 from nas_jax.train.steps import Recipe
@@ -151,6 +152,9 @@ def test_execution_choice():
         "switch" if on_cpu else "vmap")
     assert resolve_execution("auto", MLPSpace(input_shape=(4,), num_classes=2)) == (
         "loop" if on_cpu else "vmap")
+    # DARTS has no switch: its composed form (chosen ops only, per-unit programs).
+    darts = DartsSpace(channels=2, num_cells=3, input_shape=(8, 8, 3), num_classes=2)
+    assert resolve_execution("auto", darts) == ("composed" if on_cpu else "vmap")
     with pytest.raises(ValueError, match="execution='pmap'; allowed: auto, loop, switch, "
                                          "composed, compiled, vmap"):
         PopulationEvaluator(SPACE, TRAIN, VALID, RECIPE, execution="pmap")

@@ -191,3 +191,14 @@ def test_value_and_grad_params_flags_a_non_finite_mixture_gradient():
     np.testing.assert_allclose(grads["a"], 0.6, rtol=1e-6)
     (loss, _), _ = value_and_grad_params(loss_fn, params, jnp.array([0.25, 1.0]), None)
     np.testing.assert_allclose(loss, 0.5 + 0.09, rtol=1e-6)
+
+
+def test_params_finite_checks_every_leaf():
+    from nas_jax.train.steps import params_finite
+
+    params = {"a": jnp.ones((2, 3)), "b": [jnp.zeros(4), jnp.ones(())]}
+    assert bool(params_finite(params)) and bool(params_finite({}))
+    for bad in (jnp.nan, jnp.inf, -jnp.inf):
+        assert not bool(params_finite({**params, "b": [jnp.zeros(4).at[2].set(bad),
+                                                       jnp.ones(())]}))
+    assert not bool(jax.jit(params_finite)({**params, "c": jnp.array(jnp.nan)}))
