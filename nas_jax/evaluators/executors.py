@@ -43,8 +43,9 @@ def supernet_init(space, **options):
     DARTS supernet: its init has thousands of outputs (1,781 parameters at C=8, 5 cells),
     and XLA:CPU took 164 s to compile it (``xla_backend_optimization_level=0``: 155 s),
     while op by op it takes 4 s the first time (each op kind and shape compiles once) and
-    about 1 s per candidate after. The values are the compiled init's up to float rounding
-    (a few differ in the last bit), the same for every call."""
+    ~1-1.4 s per candidate after: the better trade up to ~100 candidates (docs/benchmarks.md).
+    The values are the compiled init's up to float rounding (a few differ in the last bit),
+    the same for every call."""
     from nas_jax.evaluators.population import init_candidate
     from nas_jax.spaces.darts import DartsSpace
 
