@@ -39,6 +39,7 @@ def pytest_configure(config):
 
 # Files whose tests (fixtures included) take longest, longest first.
 LONGEST_FIRST = (
+    "tests/supernet/test_composed_darts.py",
     "tests/test_runner.py",
     "tests/supernet/test_darts_network.py",
     "tests/evaluators/test_executors.py",

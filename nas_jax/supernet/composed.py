@@ -424,6 +424,7 @@ def darts_plan(network, arch) -> list[Node]:
     arch = np.asarray(arch)
     primitives = network.space.primitives
     plan = [Node("s", ("x",), Unit((("stem",), ("stem_bn",)), _stem))]
+    made = set()
     s0 = s1 = "s"
     for i, cell in enumerate(network.cells):
         kind = int(i in network.space.reduction_cells)
@@ -443,7 +444,8 @@ def darts_plan(network, arch) -> list[Node]:
                     continue
                 e = edge_index(node, src)
                 term = f"k{i}e{e}_{name}"
-                if term not in terms and not any(n.out == term for n in plan):
+                if term not in made:  # a doubled op is computed once, summed twice
+                    made.add(term)
                     path = ("cells", i, f"e{e}_{name}")
                     paths = (path,) if hasattr(cell, path[-1]) else ()
                     plan.append(Node(term, (states[src],),

@@ -131,7 +131,6 @@ def reference():
 
 def test_composed_darts_step_equals_the_supernet(reference):
     plans = {name: reference.check(arch) for name, arch in CRAFTED.items()}
-    reference.check(np.asarray(SPACE.sample(jax.random.key(10))))
     # all `none`: nothing but the stem, the preprocessing, zeros and the head
     assert not any("/e" in path_key(p) for n in plans["all_none"]
                    if not isinstance(n.unit, str) for p in n.unit.paths)
