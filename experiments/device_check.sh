@@ -54,7 +54,7 @@ part() {  # part NAME SECONDS COMMAND...
 }
 
 # SMOKE=1: the same parts at toy sizes, to check this script on a machine without a GPU.
-SMALL=() LARGE=() SEARCH=() TORCH_DEVICE=cuda
+SMALL=() LARGE=() SEARCH=()
 if [ "${SMOKE:-0}" = 1 ]; then
   SMALL=(--config.workloads.small.candidates=2 --config.workloads.small.steps=2)
   LARGE=(--config.workloads.large.channels=4 --config.workloads.large.cells_per_stage=1
@@ -62,7 +62,6 @@ if [ "${SMOKE:-0}" = 1 ]; then
          --config.workloads.large.vmap_candidates=2 --config.workloads.large.steps=2)
   SEARCH=(--config.channels=4 --config.cells_per_stage=1 --config.input_shape="(8,8,3)"
           --config.steps=1)
-  TORCH_DEVICE=cpu
 fi
 
 part env 30 bash -c "nvidia-smi -L; $PY -c '
@@ -90,7 +89,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   echo "== torch: left out (SMOKE=1)"
 else
   part torch 60 $PY experiments/reference_pytorch.py --what=search,population \
-    --device="$TORCH_DEVICE"
+    --device=cuda
 fi
 
 # Tests on the GPU: the NB201 networks (supernet == standalone), the composed execution, and

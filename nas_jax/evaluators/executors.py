@@ -37,6 +37,14 @@ def stack_rows(rows: list[dict]) -> dict:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *rows)
 
 
+def init_op_by_op(space) -> bool:
+    """Whether a supernet init runs op by op rather than compiled (``supernet_init``): for
+    the DARTS supernet, whose init XLA:CPU compiles for minutes."""
+    from nas_jax.spaces.darts import DartsSpace
+
+    return isinstance(space, DartsSpace)
+
+
 def supernet_init(space, **options):
     """``init(key, weights) -> (params, stats, data_key)``: a candidate's supernet init
     (``population.init_candidate``) for the host loops, compiled, or run op by op for the
@@ -47,10 +55,9 @@ def supernet_init(space, **options):
     The values are the compiled init's up to float rounding (a few differ in the last bit),
     the same for every call."""
     from nas_jax.evaluators.population import init_candidate
-    from nas_jax.spaces.darts import DartsSpace
 
     init = functools.partial(init_candidate, space, None, **options)
-    return init if isinstance(space, DartsSpace) else jax.jit(init)
+    return init if init_op_by_op(space) else jax.jit(init)
 
 
 def extract_subtree(full: nnx.State, template: nnx.State) -> nnx.State:

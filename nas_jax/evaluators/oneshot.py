@@ -42,7 +42,6 @@ from absl import logging
 
 from nas_jax import ops
 from nas_jax.evaluators.population import init_candidate, network_graphdef, supports_composed
-from nas_jax.spaces.darts import DartsSpace
 from nas_jax.train.steps import Recipe, cross_entropy, draw_batch, evaluate, make_apply, train_step
 
 
@@ -180,7 +179,9 @@ class OneShotEvaluator:
 
     def init_supernet(self, key: jax.Array) -> SupernetState:
         """A fresh supernet at step 0 (its training key derives from ``key``)."""
-        if isinstance(self.space, DartsSpace):  # op by op: see executors.supernet_init
+        from nas_jax.evaluators.executors import init_op_by_op
+
+        if init_op_by_op(self.space):  # see executors.supernet_init
             return init_supernet(self.space, self.recipe, key)
         return _init_supernet(self.space, self.recipe, key)
 
