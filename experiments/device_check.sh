@@ -27,7 +27,12 @@ if [ "${1:-}" = "prepare" ]; then
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
     -d .whl ml-collections==1.1.0 || exit 1
-  ls -l .whl
+  # The Flax, Optax and chex this project is tested with, installed there only when the
+  # machine's own do not import the benchmarks (see `env`).
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+    -d .whl/pinned flax==0.12.8 optax==0.2.8 chex==0.1.92 || exit 1
+  ls -lR .whl
   exit 0
 fi
 
@@ -64,12 +69,21 @@ if [ "${SMOKE:-0}" = 1 ]; then
           --config.steps=1)
 fi
 
-part env 30 bash -c "nvidia-smi -L; $PY -c '
+IMPORT_CHECK="
 import jax, flax, optax
-print(\"jax\", jax.__version__, \"flax\", flax.__version__, \"optax\", optax.__version__)
+print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__)
 print(jax.devices())
 import nas_jax.benchmark, nas_jax.search_benchmark
-print(\"the benchmarks import\")'"
+print('the benchmarks import')"
+part env 30 bash -c "nvidia-smi -L; $PY -c \"$IMPORT_CHECK\""
+if ! grep -q 'the benchmarks import' "$OUT/env.log" && compgen -G ".whl/pinned/*.whl" > /dev/null
+then  # the machine's Flax/Optax/chex do not run this code: the tested versions instead
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site_pinned .whl/pinned/*.whl || exit 1
+  export PYTHONPATH=/tmp/site_pinned${PYTHONPATH:+:$PYTHONPATH}
+  mv "$OUT/env.log" "$OUT/env_own.log"
+  part env 30 bash -c "$PY -c \"$IMPORT_CHECK\""
+fi
 
 part population_small 90 $PY experiments/benchmark.py --config=configs/benchmark_population.py \
   --config.run="('small',)" --config.workloads.small.executions="('vmap','switch','composed')" \
