@@ -7,6 +7,11 @@ second, the useful FLOP rate (FLOPs of the chosen operations only: 3x a forward 
 training example, as for backprop) and that rate as a share of the machine's fp32 matmul
 peak, measured in the same run. Only ratios within one run are meaningful on a shared
 machine; absolute numbers move with load.
+
+With ``warm=True`` each execution is also timed a second time on the same evaluator, whose
+compiled programs are then reused: that is the steady-state cost, and cold minus warm is
+about the compile time. On a GPU, where one compile of the supernet's step takes about a
+minute, the cold figure alone cannot tell a slow program from a slow compiler.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ def benchmark_config() -> ml_collections.ConfigDict:
     vmap = () if jax.default_backend() == "cpu" else ("vmap",)
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.warm = False  # also time a second, warm call per execution (compiled programs reused)
     c.train_examples = 1024
     c.valid_examples = 256
     c.matmul_size = 2048
@@ -77,14 +83,24 @@ def _workload_data(key, w, n_train: int, n_valid: int):
 
 
 def time_execution(space, archs, train, valid, recipe: Recipe, execution: str,
-                   key: jax.Array) -> dict:
-    """Seconds to train and score ``archs`` from a cold start with one execution."""
+                   key: jax.Array, warm: bool = False) -> dict:
+    """Seconds to train and score ``archs`` from a cold start with one execution; with
+    ``warm``, also the seconds of a second call on the same evaluator (``warm_seconds``,
+    its programs already compiled; same key, so the same fitness up to the backend's
+    nondeterminism)."""
     evaluator = PopulationEvaluator(space, train, valid, recipe, execution=execution)
-    t0 = time.perf_counter()
-    fitness, _ = evaluator(key, archs)
-    jax.block_until_ready(fitness)
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "fitness": np.asarray(fitness).tolist()}
+
+    def timed():
+        t0 = time.perf_counter()
+        fitness, _ = evaluator(key, archs)
+        jax.block_until_ready(fitness)
+        return time.perf_counter() - t0, np.asarray(fitness).tolist()
+
+    seconds, fitness = timed()
+    out = {"seconds": seconds, "fitness": fitness, "warm_seconds": None}
+    if warm:
+        out["warm_seconds"], out["warm_fitness"] = timed()
+    return out
 
 
 def run_workload(w, config, peak: float, log=print) -> list[dict]:
@@ -106,7 +122,7 @@ def run_workload(w, config, peak: float, log=print) -> list[dict]:
         # The runs' PRNG setting (runner.setup_runtime): XLA:CPU compiles inits much faster.
         with jax.threefry_partitionable(False):
             result = time_execution(space, archs[:n], train, valid, recipe, execution,
-                                    jax.random.fold_in(key, 3))
+                                    jax.random.fold_in(key, 3), warm=config.warm)
         useful = sum(3.0 * space.flops(a) * w.batch_size * w.steps for a in archs[:n])
         row = {
             "workload": w.name, "execution": execution, "candidates": n, "steps": w.steps,
@@ -115,6 +131,11 @@ def run_workload(w, config, peak: float, log=print) -> list[dict]:
             "useful_gflops_per_s": useful / result["seconds"] / 1e9,
             "share_of_peak": useful / result["seconds"] / peak,
             "mean_fitness": float(np.mean(result["fitness"])),
+            "warm_seconds": result["warm_seconds"],
+            "warm_candidate_steps_per_s": (None if result["warm_seconds"] is None
+                                           else n * w.steps / result["warm_seconds"]),
+            "warm_mean_fitness": (float(np.mean(result["warm_fitness"]))
+                                  if config.warm else None),
         }
         rows.append(row)
         log(format_row(row))
@@ -125,10 +146,16 @@ HEADER = (f"{'workload':8s} {'execution':10s} {'cands':>5s} {'steps':>5s} {'seco
           f"{'cand-steps/s':>12s} {'useful GFLOP/s':>14s} {'of peak':>8s}")
 
 
+WARM_HEADER = f" {'warm s':>8s} {'warm cand-steps/s':>17s}"
+
+
 def format_row(r: dict) -> str:
-    return (f"{r['workload']:8s} {r['execution']:10s} {r['candidates']:5d} {r['steps']:5d} "
+    line = (f"{r['workload']:8s} {r['execution']:10s} {r['candidates']:5d} {r['steps']:5d} "
             f"{r['seconds']:8.1f} {r['candidate_steps_per_s']:12.1f} "
             f"{r['useful_gflops_per_s']:14.2f} {100 * r['share_of_peak']:7.1f}%")
+    if r.get("warm_seconds") is not None:
+        line += f" {r['warm_seconds']:8.2f} {r['warm_candidate_steps_per_s']:17.1f}"
+    return line
 
 
 def _commit() -> str:
@@ -153,7 +180,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | None = None,
     log(f"backend {header['backend']} ({len(header['devices'])} device(s), "
         f"{header['cpu_count']} CPUs), jax {header['jax']}, commit {header['commit']}")
     log(f"measured fp32 matmul peak ({config.matmul_size}^3): {peak / 1e9:.0f} GFLOP/s")
-    log(HEADER)
+    log(HEADER + (WARM_HEADER if config.warm else ""))
     rows = []
     for name in config.run:
         if name not in config.workloads:

@@ -24,11 +24,23 @@ def test_rows_per_execution_with_equal_fitness(tmp_path):
     for row in out["rows"]:
         assert row["seconds"] > 0 and row["candidate_steps_per_s"] > 0
         assert 0 < row["share_of_peak"]
+        assert row["warm_seconds"] is None  # cold only unless config.warm
     # Both train the same candidates from the same init on the same batches.
     assert out["rows"][0]["mean_fitness"] == pytest.approx(out["rows"][1]["mean_fitness"],
                                                            abs=0.07)
     assert json.loads((tmp_path / "benchmark.json").read_text())["rows"] == out["rows"]
     assert any(line.startswith("small    composed") for line in lines)
+
+
+def test_warm_call_reuses_the_programs_and_repeats_the_result(tmp_path):
+    c = _tiny(("composed",))
+    c.warm = True
+    lines = []
+    row, = run_benchmark(c, log=lines.append)["rows"]
+    assert row["warm_seconds"] > 0 and row["warm_candidate_steps_per_s"] > 0
+    # Same evaluator, same key: the same training, hence the same fitness on XLA:CPU.
+    assert row["warm_mean_fitness"] == row["mean_fitness"]
+    assert "warm cand-steps/s" in lines[2] and len(lines[3].split()) == 10
 
 
 def test_unknown_execution_is_named():
