@@ -12,6 +12,11 @@ CIFAR-10 must be prepared first (nothing downloads): ``tfds build cifar10
 --file_format=array_record`` (see README), then
 
     python experiments/search.py --config=configs/gdas_nb201_cifar10.py --workdir=/tmp/gdas
+
+Each step computes every op of every edge (``strategy.execution=mixture``: each op's weight
+gets its exact straight-through gradient). ``--config.strategy.execution=switch`` (jitted)
+or ``composed`` (the fastest on CPU) compute only each edge's sampled op, as GDAS' code does
+for its forward pass; the other ops' logits then get gradients only through the softmax.
 """
 
 from configs.darts_v1_nb201_cifar10 import get_config as darts_v1_config

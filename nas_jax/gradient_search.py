@@ -7,10 +7,24 @@ accuracies, the derived cell, its parameter-free op count, the Hessian eigenvalu
 ``diagnostics.eigen_every`` epochs, the cell's table accuracy when ``table_path`` is set) and
 a checkpoint that a rerun on the same workdir resumes exactly. ``result.json`` holds the
 final derived architecture, ``alpha.png`` the final ``softmax(alpha)``.
+
+``strategy.execution`` says how a step runs the supernet (``EXECUTIONS``):
+
+- ``mixture`` (default): one jitted step; every op of every edge is computed and weighted
+  (DARTS; for GDAS each op's weight then gets its exact straight-through gradient).
+- ``switch`` (GDAS on NB201): one jitted step on the switch supernet, which computes only
+  each edge's sampled op (AutoDL's GDAS; the other ops' logits get gradients only through
+  the softmax).
+- ``composed`` (GDAS on NB201): the ``switch`` step composed from per-unit programs on the
+  host (``strategies.gdas_composed``): the fastest on CPU (docs/benchmarks.md).
+
+Evaluation, the Hessian eigenvalue and checkpoints use the mixture supernet's weights in
+every case (they are the same weights), so a run can resume under another execution.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -30,6 +44,7 @@ from nas_jax.spaces.nb201 import EDGES as NB201_EDGES
 from nas_jax.spaces.nb201 import NB201Space
 from nas_jax.strategies import collapse
 from nas_jax.strategies.derive import derive, num_parameter_free
+from nas_jax.strategies.gdas_composed import ComposedGDAS
 from nas_jax.strategies.gradient import METHODS, GradientSearch
 from nas_jax.supernet.darts import EDGES as DARTS_EDGES
 from nas_jax.train.steps import draw_batch, evaluate
@@ -37,6 +52,7 @@ from nas_jax.utils.metrics import Progress, atomic_write
 from nas_jax.utils.plots import plot_alpha
 
 SPACES = ("nb201", "darts")
+EXECUTIONS = ("mixture", "switch", "composed")
 SEARCH_FIELDS = ("order", "learning_rate", "min_learning_rate", "momentum", "nesterov",
                  "weight_decay",
                  "grad_clip", "arch_learning_rate", "arch_beta1", "arch_beta2",
@@ -59,7 +75,7 @@ def gradient_search_config() -> ml_collections.ConfigDict:
         name="darts", order=1, learning_rate=0.025, min_learning_rate=0.001, momentum=0.9,
         nesterov=False, weight_decay=3e-4, grad_clip=5.0, arch_learning_rate=3e-4, arch_beta1=0.5,
         arch_beta2=0.999, arch_weight_decay=1e-3, tau_max=10.0, tau_min=0.1,
-        beta_weight=0.0, alpha_init_scale=1e-3))
+        beta_weight=0.0, alpha_init_scale=1e-3, execution="mixture"))
     c.train = ml_collections.ConfigDict(dict(epochs=2, batch_size=64, eval_batch_size=256,
                                              steps_per_epoch=0))  # 0: one pass over a half
     c.diagnostics = ml_collections.ConfigDict(dict(
@@ -89,6 +105,12 @@ def validate_gradient_config(config: ml_collections.ConfigDict) -> None:
         ("strategy.tau_min", 0 < config.strategy.tau_min <= config.strategy.tau_max,
          "> 0 and <= strategy.tau_max"),
         ("strategy.momentum", 0 <= config.strategy.momentum < 1, "in [0, 1)"),
+        ("strategy.execution", config.strategy.execution in EXECUTIONS,
+         f"one of {', '.join(EXECUTIONS)}"),
+        ("strategy.execution", config.strategy.execution == "mixture"
+         or (config.strategy.name == "gdas" and config.space.name == "nb201"),
+         "'mixture' unless strategy.name='gdas' and space.name='nb201' (the switch and "
+         "composed executions compute one sampled op per edge: GDAS on NAS-Bench-201)"),
         ("diagnostics.early_stop_threshold",
          0 < config.diagnostics.early_stop_threshold < 1, "in (0, 1)"),
         ("diagnostics.early_stop", not config.diagnostics.early_stop
@@ -149,20 +171,31 @@ def build_search(config, input_shape, num_classes: int) -> GradientSearch:
     return GradientSearch(space, method=config.strategy.name, **fields)
 
 
+SWITCH_OPTIONS = (("select", "switch"),)
+
+
 @functools.lru_cache(maxsize=4)
 def _programs(search: GradientSearch, batch_size: int, eval_batch_size: int, eigen_iters: int,
-              fast_compile: bool):
-    """The run's jitted programs, cached per search so a resume in-process reuses them.
+              fast_compile: bool, execution: str = "mixture"):
+    """The run's jitted programs, cached per search so a resume in-process reuses them:
+    ``init, step, score, eigen, draw`` (``draw``: the step's two batches, for the composed
+    execution's host-side steps).
 
     ``init`` runs once, so it is always compiled without backend optimisations (its compile
     took 17 s of a tiny NB201 run's 83 s); the others only with ``fast_compile`` (tiny runs
     and tests, where compiling dominates).
     """
+    stepper = search
+    if execution == "switch":
+        stepper = dataclasses.replace(search, network_options=search.network_options
+                                      + SWITCH_OPTIONS)
+
+    def draw(keys, step, data):
+        return (draw_batch(keys[0], step, *data["train"], batch_size),
+                draw_batch(keys[1], step, *data["valid"], batch_size))
 
     def step(state, keys, data):
-        train = draw_batch(keys[0], state.step, *data["train"], batch_size)
-        valid = draw_batch(keys[1], state.step, *data["valid"], batch_size)
-        return search.step(state, train, valid)
+        return stepper.step(state, *draw(keys, state.step, data))
 
     def score(state, xy):
         weights = search.arch_weights(state)
@@ -178,7 +211,8 @@ def _programs(search: GradientSearch, batch_size: int, eval_batch_size: int, eig
     options = FAST_COMPILE if fast_compile else None
     return (jax.jit(search.init, compiler_options=FAST_COMPILE),
             jax.jit(step, donate_argnums=0, compiler_options=options),
-            jax.jit(score, compiler_options=options), jax.jit(eigen, compiler_options=options))
+            jax.jit(score, compiler_options=options), jax.jit(eigen, compiler_options=options),
+            jax.jit(draw))
 
 
 def run_gradient_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -201,9 +235,11 @@ def run_gradient_search(config: ml_collections.ConfigDict, workdir: str) -> dict
     space = search.space
     table = (TableEvaluator.from_path(config.table_path, space=space, allow_partial=True)
              if config.table_path else None)
-    init, step, score, eigen = _programs(search, tc.batch_size, tc.eval_batch_size,
-                                         config.diagnostics.eigen_iters,
-                                         config.runtime.fast_compile)
+    execution = config.strategy.execution
+    init, step, score, eigen, draw = _programs(search, tc.batch_size, tc.eval_batch_size,
+                                               config.diagnostics.eigen_iters,
+                                               config.runtime.fast_compile, execution)
+    composed = ComposedGDAS(search) if execution == "composed" else None
     root = jax.random.key(config.seed)
     keys = jax.random.split(jax.random.fold_in(root, 1))
 
@@ -226,9 +262,16 @@ def run_gradient_search(config: ml_collections.ConfigDict, workdir: str) -> dict
         if stopped:
             break
         sums = None
+        if composed is not None:  # the weights as the composed graph's dicts for the epoch
+            template, cstate = state, composed.prepare(jax.tree.map(jnp.copy, state))
         for _ in range(steps_per_epoch):
-            state, metrics = step(state, keys, data)
+            if composed is None:
+                state, metrics = step(state, keys, data)
+            else:
+                cstate, metrics = composed.step(cstate, *draw(keys, cstate.step, data))
             sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+        if composed is not None:
+            state = jax.device_put(composed.restore(cstate, template), device)
         row = {k: float(v) / steps_per_epoch for k, v in sums.items()}
         row.update({f"eval_{k}": float(v) for k, v in score(state, data["valid"]).items()})
         row.update(_derived(space, state.alpha, table))

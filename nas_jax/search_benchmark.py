@@ -14,6 +14,11 @@ compile + run) and the mean of ``config.steps`` further calls. Methods:
   (``supernet.composed``; the architectures drawn as ``random_path`` draws them). Its
   first call is a step of a cell with every operation kind, so the timed steps compile
   nothing (a new sum arity or zero node at most).
+- ``gdas_composed``: GDAS composed from per-unit programs (``strategies.gdas_composed``):
+  the switch supernet's step, each unit a top-level program. Its first call is
+  ``ComposedGDAS.warm_up`` (every unit and sum pattern compiled) and one step, so the timed
+  steps compile nothing. Their time depends on the sampled cells (how many convolutions):
+  use more steps than for the compiled methods.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from nas_jax.evaluators.population import EXECUTION_OPTIONS
 from nas_jax.spaces.nb201 import NB201Space
 from nas_jax.strategies.gradient import GradientSearch
 
-METHODS = ("darts1", "darts2", "gdas", "gdas_switch", "random_path", "random_path_composed")
+METHODS = ("darts1", "darts2", "gdas", "gdas_switch", "gdas_composed", "random_path",
+           "random_path_composed")
 ALL_OP_KINDS = (3, 2, 4, 3, 1, 3)  # NB201 cell with conv 3x3 / 1x1, pool, skip; 1-3-input nodes
 SWITCH = tuple(EXECUTION_OPTIONS["switch"].items())  # the switch execution's supernet
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
@@ -103,12 +109,36 @@ def _time_random_path_composed(search: GradientSearch, key: jax.Array, train_bat
             "seconds_per_step": per_step, "finite": bool(jnp.isfinite(loss))}
 
 
+def _time_gdas_composed(search: GradientSearch, key: jax.Array, train_batch, valid_batch,
+                        steps: int) -> dict:
+    """GDAS through ``ComposedGDAS``, from the search's initial state."""
+    from nas_jax.strategies.gdas_composed import ComposedGDAS
+
+    composed = ComposedGDAS(search)
+    state = composed.prepare(jax.jit(search.init)(key))
+    jax.block_until_ready(state)
+    t0 = time.perf_counter()
+    composed.warm_up(state, train_batch, valid_batch)
+    state, metrics = composed.step(state, train_batch, valid_batch)
+    jax.block_until_ready(metrics)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = composed.step(state, train_batch, valid_batch)
+    jax.block_until_ready(metrics)
+    per_step = (time.perf_counter() - t0) / max(steps, 1)
+    return {"method": "gdas_composed", "first_call_s": first, "seconds_per_step": per_step,
+            "finite": bool(jnp.isfinite(metrics["train_loss"]))}
+
+
 def time_method(space, name: str, key: jax.Array, train_batch, valid_batch,
                 steps: int, compiler_options: dict | None = None) -> dict:
     """``{method, first_call_s, seconds_per_step}`` for one method from a cold start."""
     search = _method(space, name)
     if name == "random_path_composed":
         return _time_random_path_composed(search, key, train_batch, steps)
+    if name == "gdas_composed":
+        return _time_gdas_composed(search, key, train_batch, valid_batch, steps)
     state = jax.jit(search.init, compiler_options=compiler_options)(key)
     jax.block_until_ready(state)
     step = jax.jit(_random_path_step(search) if name == "random_path" else search.step,

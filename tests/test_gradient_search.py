@@ -124,6 +124,35 @@ def test_resume_from_an_epoch_checkpoint_is_exact(search_run, table_path):
     assert [r["step"] for r in rows] == [1, 2]
 
 
+def test_gdas_composed_run_equals_switch_and_resumes_exactly(tmp_path):
+    """GDAS through the composed execution: a valid derived cell; the alpha of the jitted
+    switch-supernet step (the same algorithm); and a run killed during epoch 2 resumes to
+    the same alpha (the checkpoints hold the mixture supernet's form)."""
+    config = tiny_config()
+    config.strategy.name, config.strategy.execution = "gdas", "composed"
+    config.strategy.arch_learning_rate = 0.05  # so that alpha moves in 6 steps
+    switch = tiny_config()
+    switch.strategy = config.strategy.to_dict()
+    switch.strategy.execution = "switch"
+    partitionable = jax.config.jax_threefry_partitionable
+    try:
+        result = run_gradient_search(config, str(tmp_path / "composed"))
+        shutil.rmtree(os.path.join(tmp_path, "composed", "checkpoints", "2"))
+        resumed = run_gradient_search(config, str(tmp_path / "composed"))
+        switched = run_gradient_search(switch, str(tmp_path / "switch"))
+    finally:
+        jax.config.update("jax_threefry_partitionable", partitionable)
+    np.testing.assert_allclose(switched["alpha_softmax"], result["alpha_softmax"], atol=1e-5)
+    space = NB201Space(channels=2, cells_per_stage=1, input_shape=(8, 8, 1), num_classes=10)
+    space.validate(result["arch"])
+    softmax = np.asarray(result["alpha_softmax"])
+    assert np.ptp(softmax) > 1e-3  # alpha moved off its near-uniform start
+    np.testing.assert_array_equal(resumed["alpha_softmax"], result["alpha_softmax"])
+    rows = read_jsonl(os.path.join(tmp_path, "composed", "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(np.isfinite(r["train_loss"]) for r in rows)
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("strategy.name", "enas", "config.strategy.name='enas': must be one of darts, gdas"),
     ("strategy.order", 3, "config.strategy.order=3"),
@@ -142,6 +171,16 @@ def test_config_errors_name_the_field(field, value, message):
         validate_gradient_config(gdas)
     with pytest.raises(ConfigError, match="config.train.epoch: unknown field"):
         validate_gradient_config(_with_typo())
+    fast = tiny_config()
+    fast.strategy.execution = "fast"
+    with pytest.raises(ConfigError, match="config.strategy.execution='fast': must be one of "
+                                          "mixture, switch, composed"):
+        validate_gradient_config(fast)
+    darts = tiny_config()
+    darts.strategy.execution = "composed"
+    with pytest.raises(ConfigError, match="config.strategy.execution='composed': must be "
+                                          "'mixture' unless strategy.name='gdas'"):
+        validate_gradient_config(darts)
 
 
 def _with_typo():

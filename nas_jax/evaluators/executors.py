@@ -279,14 +279,19 @@ class ComposedTrainer:
 
         return jax.tree.map(lambda x: fn(x) if like(x) else x, tree, is_leaf=like)
 
+    def apply_gradients(self, params: dict, opt_state, grads: dict) -> tuple[dict, object]:
+        """One optimizer update from a plan's gradients (zeros for the modules it leaves
+        out, so every module's optimizer state advances as in the whole supernet's)."""
+        grads = {k: grads[k] if k in grads else self._zeros[k] for k in params}
+        return self._update(params, opt_state, grads)
+
     def step(self, plan, params: dict, stats: dict, opt_state, key, i, train_xy):
         """One training step of ``plan``'s weights: ``(params, stats, opt_state, loss)``."""
         x, y = self._draw(key, i, *train_xy, self.recipe.batch_size)
         logits, stats, tape = self.graph.forward(plan, params, stats, x, train=True)
         loss, g_logits = self._loss(logits, y)
-        grads = self.graph.backward(tape, g_logits)
-        grads = {k: grads[k] if k in grads else self._zeros[k] for k in params}
-        params, opt_state = self._update(params, opt_state, grads)
+        params, opt_state = self.apply_gradients(params, opt_state,
+                                                 self.graph.backward(tape, g_logits))
         return params, stats, opt_state, loss
 
     def evaluate(self, plan, params: dict, stats: dict, xy) -> tuple[list, list]:

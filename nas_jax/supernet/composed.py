@@ -80,11 +80,18 @@ class Unit:
 class Node:
     """``values[out] = unit(values[inputs...])``. ``unit`` is a ``Unit``, or ``"sum"`` (the
     sum of the inputs; one input is an alias) or ``"zeros"`` (a zero tensor shaped like the
-    first input, a constant: no gradient flows through it)."""
+    first input, a constant: no gradient flows through it).
+
+    ``scales`` (a ``"sum"`` only; empty or one entry per input): the index into the
+    ``edge_scales`` vector that ``ComposedGraph.forward`` may be given which multiplies each
+    input (-1: none). A plan built with them computes what the switch supernet computes for
+    non-one-hot weights (each edge's output times its weight: GDAS' straight-through
+    sample), and the backward pass returns the gradient of those scales."""
 
     out: str
     inputs: tuple[str, ...]
     unit: Unit | str
+    scales: tuple[int, ...] = ()
 
 
 @jax.jit
@@ -100,6 +107,18 @@ def _add(*xs):
 @jax.jit
 def _zeros_like(x):
     return jnp.zeros_like(x)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _scaled_sum(scales, index, *xs):
+    return functools.reduce(operator.add, (x if j < 0 else scales[j] * x
+                                           for j, x in zip(index, xs)))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _scaled_sum_vjp(scales, index, *xs):
+    """``_scaled_sum`` and its VJP with respect to ``(scales, xs)``."""
+    return jax.vjp(lambda s, xs: _scaled_sum(s, index, *xs), scales, xs)
 
 
 class _Programs:
@@ -122,7 +141,15 @@ class _Programs:
                                           inputs, has_aux=True)
             return out, new_stats, vjp
 
+        def forward_vjp_inputs(params, stats, inputs):
+            out, vjp, new_stats = jax.vjp(lambda xs: run(params, stats, xs, True), inputs,
+                                          has_aux=True)
+            return out, new_stats, vjp
+
         self.train = jax.jit(forward_vjp)
+        # The VJP with respect to the inputs only: a backward pass that needs no weight
+        # gradients (GDAS' architecture step) skips the kernels' gradients.
+        self.train_inputs = jax.jit(forward_vjp_inputs)
         self.eval = jax.jit(lambda params, stats, inputs: run(params, stats, inputs, False)[0])
 
 
@@ -200,16 +227,30 @@ class ComposedGraph:
         return tuple(weights[path_key(p)] for p in node.unit.paths)
 
     def forward(self, plan: list[Node], params: dict, stats: dict, x: jax.Array,
-                train: bool, output: str = "logits"):
+                train: bool, output: str = "logits", edge_scales: jax.Array | None = None,
+                weight_grads: bool = True):
         """The plan's ``output`` value for input ``x``. With ``train``: ``(output, new_stats,
         tape)`` where ``tape`` holds what ``backward`` needs (the plan and each unit node's
-        VJP); else just the output (batch statistics in evaluation mode)."""
+        VJP); else just the output (batch statistics in evaluation mode).
+
+        ``edge_scales``: the vector that the sums' ``scales`` index (``backward`` then also
+        returns its gradient); without it, scales are ignored. ``weight_grads=False``: the
+        tape holds the VJPs with respect to the inputs only (``backward`` returns no weight
+        gradients, and costs less)."""
         values = {"x": x}
         new_stats = dict(stats)
         tape = []
         for node in plan:
             inputs = tuple(values[i] for i in node.inputs)
             if node.unit == "sum":
+                if edge_scales is not None and node.scales:
+                    if train:
+                        values[node.out], vjp = _scaled_sum_vjp(edge_scales, node.scales,
+                                                                *inputs)
+                        tape.append((node, vjp))
+                    else:
+                        values[node.out] = _scaled_sum(edge_scales, node.scales, *inputs)
+                    continue
                 values[node.out] = inputs[0] if len(inputs) == 1 else _add(*inputs)
                 continue
             if node.unit == "zeros":
@@ -220,20 +261,24 @@ class ComposedGraph:
             if not train:
                 values[node.out] = progs.eval(unit_params, unit_stats, inputs)
                 continue
-            out, unit_new_stats, vjp = progs.train(unit_params, unit_stats, inputs)
+            forward = progs.train if weight_grads else progs.train_inputs
+            out, unit_new_stats, vjp = forward(unit_params, unit_stats, inputs)
             values[node.out] = out
             for p, s in zip(node.unit.paths, unit_new_stats):
                 new_stats[path_key(p)] = s
             tape.append((node, vjp))
         if not train:
             return values[output]
-        return values[output], new_stats, (plan, dict(tape))
+        scaled = edge_scales is not None
+        return values[output], new_stats, (plan, dict(tape), weight_grads,
+                                           jnp.zeros_like(edge_scales) if scaled else None)
 
-    def backward(self, tape, g: jax.Array, output: str = "logits") -> dict:
+    def backward(self, tape, g: jax.Array, output: str = "logits"):
         """Gradients ``{path_key: tuple of arrays}`` (as the weight dicts) of the scalar whose
         gradient with respect to the plan's ``output`` is ``g``; modules that get no
-        gradient are left out."""
-        plan, vjps = tape
+        gradient are left out (all of them for a tape without weight gradients). For a
+        tape of a forward with ``edge_scales``: ``(grads, d_edge_scales)``."""
+        plan, vjps, weight_grads, d_scales = tape
         cot = {output: g}
         grads: dict = {}
 
@@ -245,15 +290,24 @@ class ComposedGraph:
             if g_out is None or node.unit == "zeros":
                 continue
             if node.unit == "sum":
+                if node in vjps:  # a scaled sum
+                    d_s, d_inputs = pullback(vjps[node], g_out)
+                    d_scales = _add(d_scales, d_s)
+                    for i, d in zip(node.inputs, d_inputs):
+                        accumulate(cot, i, d)
+                    continue
                 for i in node.inputs:
                     accumulate(cot, i, g_out)
                 continue
-            d_params, d_inputs = pullback(vjps[node], g_out)
-            for p, d in zip(node.unit.paths, d_params):
-                accumulate(grads, path_key(p), d)
+            if weight_grads:
+                d_params, d_inputs = pullback(vjps[node], g_out)
+                for p, d in zip(node.unit.paths, d_params):
+                    accumulate(grads, path_key(p), d)
+            else:
+                d_inputs, = pullback(vjps[node], g_out)
             for i, d in zip(node.inputs, d_inputs):
                 accumulate(cot, i, d)
-        return grads
+        return grads if d_scales is None else (grads, d_scales)
 
 
 # ----------------------------------------------------------------------------- NB201
@@ -306,7 +360,7 @@ def nb201_live_edges(op_names: tuple[str, ...], arch) -> list[int]:
     return sorted(live)
 
 
-def nb201_plan(network, arch) -> list[Node]:
+def nb201_plan(network, arch, scaled: bool = False) -> list[Node]:
     """The plan of an NB201 architecture (``int[6]``) on ``network`` (an ``NB201Network``
     supernet, possibly abstract): its module paths name the supernet's modules, so a plan
     trains the supernet's weights of the chosen operations.
@@ -314,6 +368,9 @@ def nb201_plan(network, arch) -> list[Node]:
     Edges whose output cannot reach the cell's output are left out. An intermediate node
     that the output needs but that no live edge feeds is a zero tensor (its operations,
     e.g. a convolution block's batch-norm bias, still act on it).
+
+    ``scaled``: each node's sum scales edge ``e``'s term by ``edge_scales[e]`` (the edge's
+    weight in the switch supernet: ``weights[e, arch[e]]``), every cell by the same vector.
     """
     from nas_jax.supernet.nb201 import NB201Cell
 
@@ -330,12 +387,13 @@ def nb201_plan(network, arch) -> list[Node]:
             continue
         nodes = {0: h}
         for node in range(1, NUM_NODES):
-            terms = []
+            terms, edges = [], []
             for e in live:
                 dst, src = EDGES[e]
                 if dst != node:
                     continue
                 name = op_names[int(arch[e])]
+                edges.append(e)
                 if name == "skip_connect":
                     terms.append(nodes[src])
                     continue
@@ -350,7 +408,8 @@ def nb201_plan(network, arch) -> list[Node]:
                 terms.append(term)
             node_id = out if node == NUM_NODES - 1 else f"c{i}n{node}"
             if terms:
-                plan.append(Node(node_id, tuple(terms), "sum"))
+                plan.append(Node(node_id, tuple(terms), "sum",
+                                 tuple(edges) if scaled else ()))
             elif node == NUM_NODES - 1 or any(EDGES[e][1] == node for e in live):
                 plan.append(Node(node_id, (h,), "zeros"))
             nodes[node] = node_id
