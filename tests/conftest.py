@@ -32,6 +32,16 @@ def restore_prng_flag():
     jax.config.update("jax_threefry_partitionable", partitionable)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def restore_prng_flag_per_module():
+    """The same for module-scoped fixtures (a run started by one sets the flag before the
+    per-test fixture reads it): without this, a file's results depended on whether a file
+    before it in the same worker had left the flag off."""
+    partitionable = jax.config.jax_threefry_partitionable
+    yield
+    jax.config.update("jax_threefry_partitionable", partitionable)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: compiles a large program; runs only with "
                             "NAS_JAX_SLOW_TESTS=1")

@@ -16,9 +16,11 @@ SWITCH = (("select", "switch"),)
 
 def _search(**kw):
     # a large architecture learning rate and a small temperature, so that alpha moves and
-    # the samples change over the steps
+    # the samples change over the steps (Adam's steps have about this size whatever the
+    # gradient: on an edge whose gradient is near zero, float rounding moves alpha by a
+    # fraction of a step, hence the tolerance on alpha below)
     return GradientSearch(SPACE, method="gdas", network_options=SWITCH, total_steps=4,
-                          arch_learning_rate=0.3, tau_max=1.0, tau_min=0.5, **kw)
+                          arch_learning_rate=0.05, tau_max=1.0, tau_min=0.5, **kw)
 
 
 def _batches(seed):
@@ -27,9 +29,9 @@ def _batches(seed):
             (jax.random.normal(k2, (6, 8, 8, 2)), (jnp.arange(6) + 1) % 4))
 
 
-def _close(a, b, atol):
+def _close(a, b, atol, rtol=1e-4):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=atol)
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +86,11 @@ def test_steps_equal_the_switch_supernet_steps(state):
         for name in ref_metrics:
             assert float(metrics[name]) == pytest.approx(float(ref_metrics[name]), rel=1e-4,
                                                          abs=1e-6), name
-    np.testing.assert_allclose(np.asarray(cur.alpha), np.asarray(ref.alpha), rtol=1e-4,
-                               atol=1e-5)
-    assert not np.allclose(np.asarray(ref.alpha), np.asarray(state.alpha), atol=1e-2)
-    _close(cur.a_opt, ref.a_opt, atol=1e-5)
+    # 1% of a step (a wrong sample, key or order moves it by steps; rounding moved it by
+    # 7e-6 and, with the other PRNG mode's samples, by 5e-5)
+    np.testing.assert_allclose(np.asarray(cur.alpha), np.asarray(ref.alpha), atol=5e-4)
+    assert not np.allclose(np.asarray(ref.alpha), np.asarray(state.alpha), atol=5e-2)
+    _close(cur.a_opt, ref.a_opt, atol=1e-5, rtol=1e-3)
     back = composed.restore(cur, ref)
     _close(back.params, ref.params, atol=1e-5)
     _close(back.w_opt, ref.w_opt, atol=1e-5)
