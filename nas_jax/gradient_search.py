@@ -18,8 +18,9 @@ final derived architecture, ``alpha.png`` the final ``softmax(alpha)``.
 - ``composed`` (GDAS on NB201): the ``switch`` step composed from per-unit programs on the
   host (``strategies.gdas_composed``): the fastest on CPU (docs/benchmarks.md).
 
-Evaluation, the Hessian eigenvalue and checkpoints use the mixture supernet's weights in
-every case (they are the same weights), so a run can resume under another execution.
+Evaluation, the Hessian eigenvalue and checkpoints use the mixture supernet's form of the
+weights in every case (they are the same weights); a resume still needs the same config,
+execution included (``runner.check_same_run``).
 """
 
 from __future__ import annotations
