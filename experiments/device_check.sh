@@ -119,3 +119,5 @@ part tests 120 env JAX_DEFAULT_MATMUL_PRECISION=highest NAS_JAX_TEST_XLA_OPT=1 \
   $PY -m pytest -v -p no:cacheprovider -o addopts="--import-mode=importlib" -n 8 \
   --dist loadfile tests/supernet/test_nb201_network.py tests/supernet/test_composed.py \
   tests/evaluators/test_executors.py
+echo "== tests that failed (from $OUT/tests.log)"
+grep -E '(FAILED|ERROR) ' "$OUT/tests.log" | sort -u | head -n 20
