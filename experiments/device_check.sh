@@ -19,6 +19,12 @@
 #               figures of 2026-11-30 are in docs/benchmarks.md)
 #   tests       a few test files on the GPU, with full-precision float32 matmuls; -v, so
 #               that a part stopped at its limit still names each test's result
+#   gpu_compile only when PARTS names it: DARTS first order's first call (one compile of the
+#               search step: 61.8 s on 2026-11-30) with XLA's parallel LLVM compilation
+#               (--xla_gpu_enable_llvm_module_compilation_parallelism, 16 threads)
+#
+# PARTS="population_small search" runs only the parts named (env always runs): e.g. a second,
+# short call in the same session, PARTS=gpu_compile (~80 s).
 #
 # What one run on an H200 taught (2026-11-30): the machine starts in ~30 s; one compile of
 # an NB201 C=16 N=5 search step takes ~60 s there (about as long with autotuning off, which
@@ -56,11 +62,23 @@ fi
 part() {  # part NAME SECONDS COMMAND...
   local name=$1 limit=$2
   shift 2
+  if [ "$name" != env ] && ! wanted "$name"; then
+    return 0
+  fi
   local start=$SECONDS
   echo "== $name (limit ${limit} s)"
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   echo "-- $name: exit $? after $((SECONDS - start)) s"
   grep -v -e '^WARNING' -e 'Warning' "$OUT/$name.log" | tail -n 30
+}
+
+OPTIONAL_PARTS=" gpu_compile "
+wanted() {  # wanted NAME: PARTS names it, or PARTS is unset and it is not optional
+  if [ -n "${PARTS:-}" ]; then
+    [[ " $PARTS " == *" $1 "* ]]
+  else
+    [[ "$OPTIONAL_PARTS" != *" $1 "* ]]
+  fi
 }
 
 # SMOKE=1: the same parts at toy sizes, to check this script on a machine without a GPU.
@@ -119,5 +137,12 @@ part tests 120 env JAX_DEFAULT_MATMUL_PRECISION=highest NAS_JAX_TEST_XLA_OPT=1 \
   $PY -m pytest -v -p no:cacheprovider -o addopts="--import-mode=importlib" -n 8 \
   --dist loadfile tests/supernet/test_nb201_network.py tests/supernet/test_composed.py \
   tests/evaluators/test_executors.py
-echo "== tests that failed (from $OUT/tests.log)"
-grep -E '(FAILED|ERROR) ' "$OUT/tests.log" | sort -u | head -n 20
+if wanted tests; then
+  echo "== tests that failed (from $OUT/tests.log)"
+  grep -E '(FAILED|ERROR) ' "$OUT/tests.log" | sort -u | head -n 20
+fi
+
+part gpu_compile 100 env XLA_FLAGS="--xla_gpu_enable_llvm_module_compilation_parallelism=true \
+--xla_gpu_force_compilation_parallelism=16" $PY experiments/benchmark.py \
+  --config=configs/benchmark_darts.py --config.steps=3 --config.methods="('darts1',)" \
+  "${SEARCH[@]}"
