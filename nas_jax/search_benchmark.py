@@ -80,6 +80,22 @@ def _random_path_step(search: GradientSearch):
     return step
 
 
+def _timed(name: str, first, step, carry, steps: int) -> dict:
+    """The benchmark row of one method: ``first(carry)`` timed as the cold call, then the mean
+    of ``steps`` calls ``step(carry, i)`` (``i`` from 1); each returns ``(carry, loss)``."""
+    t0 = time.perf_counter()
+    carry, loss = first(carry)
+    jax.block_until_ready(loss)
+    first_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(1, steps + 1):
+        carry, loss = step(carry, i)
+    jax.block_until_ready(loss)
+    per_step = (time.perf_counter() - t0) / max(steps, 1)
+    return {"method": name, "first_call_s": first_s, "seconds_per_step": per_step,
+            "finite": bool(jnp.isfinite(loss))}
+
+
 def _time_random_path_composed(search: GradientSearch, key: jax.Array, train_batch,
                                steps: int) -> dict:
     """``random_path`` through ``ComposedExecutor``'s trainer, with the search's weight
@@ -92,48 +108,42 @@ def _time_random_path_composed(search: GradientSearch, key: jax.Array, train_bat
     trainer = ComposedExecutor(space, Recipe(batch_size=train_batch[0].shape[0]),
                                tx=search.weight_optimizer()).trainer
     state = jax.jit(search.init)(key)
-    params, stats, w_opt = trainer.prepare(state.params, state.stats)
     archs = sampled_paths(space, state.key, 0, steps + 1)  # random_path's, step by step
-    t0 = time.perf_counter()
-    params, stats, w_opt, loss = trainer.step(trainer.plan_arch(ALL_OP_KINDS), params, stats,
-                                              w_opt, state.key, 0, train_batch)
-    jax.block_until_ready(loss)
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for i in range(1, steps + 1):
-        params, stats, w_opt, loss = trainer.step(trainer.plan_arch(archs[i]), params, stats,
-                                                  w_opt, state.key, i, train_batch)
-    jax.block_until_ready(loss)
-    per_step = (time.perf_counter() - t0) / max(steps, 1)
-    return {"method": "random_path_composed", "first_call_s": first,
-            "seconds_per_step": per_step, "finite": bool(jnp.isfinite(loss))}
+
+    def step(carry, i, arch=None):
+        *carry, loss = trainer.step(trainer.plan_arch(archs[i] if arch is None else arch),
+                                    *carry, state.key, i, train_batch)
+        return tuple(carry), loss
+
+    return _timed("random_path_composed", lambda c: step(c, 0, ALL_OP_KINDS), step,
+                  trainer.prepare(state.params, state.stats), steps)
 
 
 def _time_gdas_composed(search: GradientSearch, key: jax.Array, train_batch, valid_batch,
                         steps: int) -> dict:
-    """GDAS through ``ComposedGDAS``, from the search's initial state."""
+    """GDAS through ``ComposedGDAS``, from the search's initial state; the cold call is
+    ``warm_up`` and one step."""
     from nas_jax.strategies.gdas_composed import ComposedGDAS
 
     composed = ComposedGDAS(search)
     state = composed.prepare(jax.jit(search.init)(key))
     jax.block_until_ready(state)
-    t0 = time.perf_counter()
-    composed.warm_up(state, train_batch, valid_batch)
-    state, metrics = composed.step(state, train_batch, valid_batch)
-    jax.block_until_ready(metrics)
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(steps):
+
+    def step(state, i=0):
         state, metrics = composed.step(state, train_batch, valid_batch)
-    jax.block_until_ready(metrics)
-    per_step = (time.perf_counter() - t0) / max(steps, 1)
-    return {"method": "gdas_composed", "first_call_s": first, "seconds_per_step": per_step,
-            "finite": bool(jnp.isfinite(metrics["train_loss"]))}
+        return state, metrics["train_loss"]
+
+    def first(state):
+        composed.warm_up(state, train_batch, valid_batch)
+        return step(state)
+
+    return _timed("gdas_composed", first, step, state, steps)
 
 
 def time_method(space, name: str, key: jax.Array, train_batch, valid_batch,
                 steps: int, compiler_options: dict | None = None) -> dict:
-    """``{method, first_call_s, seconds_per_step}`` for one method from a cold start."""
+    """``{method, first_call_s, seconds_per_step, finite}`` for one method from a cold
+    start."""
     search = _method(space, name)
     if name == "random_path_composed":
         return _time_random_path_composed(search, key, train_batch, steps)
@@ -141,20 +151,14 @@ def time_method(space, name: str, key: jax.Array, train_batch, valid_batch,
         return _time_gdas_composed(search, key, train_batch, valid_batch, steps)
     state = jax.jit(search.init, compiler_options=compiler_options)(key)
     jax.block_until_ready(state)
-    step = jax.jit(_random_path_step(search) if name == "random_path" else search.step,
-                   donate_argnums=0, compiler_options=compiler_options)
-    t0 = time.perf_counter()
-    state, metrics = step(state, train_batch, valid_batch)
-    jax.block_until_ready(metrics)
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = step(state, train_batch, valid_batch)
-    jax.block_until_ready(metrics)
-    per_step = (time.perf_counter() - t0) / max(steps, 1)
-    finite = bool(jnp.isfinite(metrics["train_loss"]))
-    return {"method": name, "first_call_s": first, "seconds_per_step": per_step,
-            "finite": finite}
+    jitted = jax.jit(_random_path_step(search) if name == "random_path" else search.step,
+                     donate_argnums=0, compiler_options=compiler_options)
+
+    def step(state, i=0):
+        state, metrics = jitted(state, train_batch, valid_batch)
+        return state, metrics["train_loss"]
+
+    return _timed(name, step, step, state, steps)
 
 
 def run_search_benchmark(config: ml_collections.ConfigDict, workdir: str | None = None,

@@ -32,7 +32,7 @@ def test_rows_per_execution_with_equal_fitness(tmp_path):
     assert any(line.startswith("small    composed") for line in lines)
 
 
-def test_warm_call_reuses_the_programs_and_repeats_the_result(tmp_path):
+def test_warm_call_reuses_the_programs_and_repeats_the_result():
     c = _tiny(("composed",))
     c.warm = True
     lines = []

@@ -127,16 +127,13 @@ class ComposedGDAS:
                 jax.block_until_ready(self.graph.backward(
                     tape, self._loss_and_grad(logits, batch[1])[2]))
 
-    def plan(self, arch) -> list:
-        """The scaled plan of an architecture (``int[6]``)."""
+    def _plan(self, arch) -> list:
+        """The scaled plan of an architecture (``int[6]``, read back to the host), cached."""
         from nas_jax.supernet.composed import nb201_plan
 
-        return nb201_plan(self.network, jax.device_get(arch), scaled=True)
-
-    def _plan(self, arch) -> list:
         key = tuple(int(a) for a in jax.device_get(arch))
         if key not in self._plans:
-            self._plans[key] = self.plan(key)
+            self._plans[key] = nb201_plan(self.network, key, scaled=True)
         return self._plans[key]
 
     def prepare(self, state: GradientState) -> GradientState:
