@@ -1,12 +1,16 @@
-"""GDAS on the NAS-Bench-201 supernet with each step composed from per-unit programs.
+"""GDAS on the NAS-Bench-201 and DARTS supernets with each step composed from per-unit programs.
 
-``ComposedGDAS(search).step`` computes what ``search.step`` computes for GDAS on the switch
-supernet (``network_options=(("select", "switch"),)``: only the sampled op of each edge
-runs, scaled by its straight-through weight), but as ``supernet.composed`` runs a network:
-the host walks the sampled architecture's graph and calls one small compiled program per
-unit, shared by every architecture. On XLA:CPU a unit's convolutions run at the speed they
-have as top-level programs, which inside the switch's branches they do not
-(docs/benchmarks.md).
+``ComposedGDAS(search).step`` computes GDAS with only the sampled op of each edge run,
+scaled by its straight-through weight (AutoDL's GDAS; on NB201 what ``search.step``
+computes on the switch supernet, ``network_options=(("select", "switch"),)``), but as
+``supernet.composed`` runs a network: the host walks the sampled architecture's graph and
+calls one small compiled program per unit, shared by every architecture. On XLA:CPU a
+unit's convolutions run at the speed they have as top-level programs, which inside the
+switch's branches they do not (docs/benchmarks.md). The DARTS space has no switch
+supernet: there this is the only GDAS step that computes the sampled ops alone (the
+mixture step computes every op of all 14 edges per cell and multiplies them by the
+one-hot sample); it equals the mixture step given ``one_hot(arg max) * sample`` as weights
+(tested), so the other ops' logits get gradients only through the softmax.
 
 One step, as ``GradientSearch.step``:
 
@@ -23,10 +27,10 @@ One step, as ``GradientSearch.step``:
    also marks its training loss NaN unless the weights' gradient is finite; this one
    does not compute that gradient, so its loss is the loss.
 
-What differs from the switch supernet: the edges whose output cannot reach the loss are
-not run, so the batch statistics of their convolution blocks are not updated (their weights
+What differs from the switch supernet (NB201): the edges whose output cannot reach the
+loss are not run, so the batch statistics of their convolution blocks are not updated (their weights
 get zero gradients in both). Each step reads the two sampled architectures back to the host
-(12 integers): the walk needs them.
+(12 integers on NB201, 28 on DARTS): the walk needs them.
 
 The state is a ``GradientState`` whose ``params``/``stats`` are the composed graph's weight
 dicts: ``prepare`` converts a search's state, ``restore`` converts back (for checkpoints and
@@ -35,24 +39,39 @@ for the derived cell, which reads ``alpha`` only).
 
 from __future__ import annotations
 
+import collections
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
 from nas_jax.evaluators.executors import ComposedTrainer, composed_options
-from nas_jax.spaces.nb201 import EDGES, NB201Space
+from nas_jax.spaces.nb201 import NB201Space
 from nas_jax.strategies.collapse import beta_regularization
 from nas_jax.strategies.gradient import GradientSearch, GradientState, gumbel_straight_through
 from nas_jax.train.steps import Recipe, cross_entropy
 
 
-class ComposedGDAS:
-    """GDAS steps of ``search`` (``method="gdas"`` on an ``NB201Space``) through the composed
-    execution. ``prepare(state)``, then ``step(state, train_batch, valid_batch) -> (state,
-    metrics)`` as ``search.step``, then ``restore(state, template)``."""
+def network_options(search: GradientSearch) -> dict:
+    """The composed network's constructor options: the search supernet's module layout
+    (DARTS: affine-free BN, BN after pooling), computed as the composed execution computes
+    (``composed_options``). Options of the whole-supernet step only (NB201's ``select``,
+    DARTS' ``edge_execution``) change no weight and are left out."""
+    options = {k: v for k, v in search.options.items()
+               if k not in ("select", "edge_execution", "conv_impl")}
+    return {**options, **composed_options(search.space)}
 
-    def __init__(self, search: GradientSearch):
+
+class ComposedGDAS:
+    """GDAS steps of ``search`` (``method="gdas"`` on an ``NB201Space`` or ``DartsSpace``)
+    through the composed execution. ``prepare(state)``, then ``step(state, train_batch,
+    valid_batch) -> (state, metrics)`` as ``search.step``, then ``restore(state, template)``.
+    ``plan_cache``: how many sampled architectures' plans are kept (DARTS samples a new one
+    almost every step)."""
+
+    def __init__(self, search: GradientSearch, plan_cache: int = 4096):
         from nas_jax.evaluators.population import build_network
         from nas_jax.supernet.composed import ComposedGraph
 
@@ -60,24 +79,22 @@ class ComposedGDAS:
             raise ValueError(f"ComposedGDAS needs GradientSearch(method='gdas'), got "
                              f"method={search.method!r}; DARTS mixes every op of every edge, "
                              "which the composed execution does not run")
-        if not isinstance(search.space, NB201Space):
-            raise ValueError(f"ComposedGDAS runs on the NB201 space, got "
-                             f"{type(search.space).__name__}")
         self.search = search
         self.network = nnx.eval_shape(lambda: build_network(
-            search.space, None, rngs=nnx.Rngs(0), **composed_options(search.space)))
+            search.space, None, rngs=nnx.Rngs(0), **network_options(search)))
         self.graph = ComposedGraph(self.network)
         self.trainer = ComposedTrainer(self.graph, self.network, Recipe(),
                                        tx=search.weight_optimizer())
         arch_tx = search.arch_optimizer()
-        edges = jnp.arange(len(EDGES))
-        self._plans: dict = {}
+        self._plans: collections.OrderedDict = collections.OrderedDict()
+        self._plan_cache = plan_cache
 
         def sample(key, alpha, step):
-            """The straight-through sample, its architecture and each edge's weight."""
+            """The straight-through sample, its architecture (the arg-max op per edge) and
+            each edge's weight, flat (``edge_scales``)."""
             h = gumbel_straight_through(key, alpha, search.tau_at(step))
             arch = jnp.argmax(h, -1)
-            return arch, h[edges, arch]
+            return arch, jnp.take_along_axis(h, arch[..., None], -1).reshape(-1)
 
         def keys(key, step):
             return tuple(jax.random.split(jax.random.fold_in(key, step)))
@@ -106,20 +123,39 @@ class ComposedGDAS:
         self._loss_and_grad = jax.jit(loss_and_grad)
         self._metrics = jax.jit(metrics)
 
-    # Cells that together hold every unit and every scaled-sum pattern of an NB201 cell
-    # (node 3's seven subsets of its three edges, node 2's three, every op kind): a search
-    # step then compiles nothing new, whatever it samples.
-    WARM_UP_ARCHS = ((3, 2, 4, 3, 1, 3), (2, 3, 3, 4, 0, 0), (3, 0, 0, 0, 2, 0),
+    # NB201 cells that together hold every unit and every scaled-sum arity of an NB201 cell
+    # (node 3's seven subsets of its three edges, node 2's three, every op kind).
+    NB201_WARM_UP = ((3, 2, 4, 3, 1, 3), (2, 3, 3, 4, 0, 0), (3, 0, 0, 0, 2, 0),
                      (0, 2, 0, 0, 0, 3), (4, 0, 0, 3, 2, 0), (3, 0, 2, 1, 0, 4),
                      (1, 3, 4, 0, 2, 3))
 
+    def warm_up_archs(self) -> list[np.ndarray]:
+        """Architectures whose steps compile every program a step can need: NB201's
+        ``NB201_WARM_UP``; in the DARTS space, every op on every edge (one architecture per
+        op: each op at each stride and width, sums of 2 to 5 edges), one edge per node (sums
+        of one edge) and all ``none`` (zero nodes)."""
+        if isinstance(self.search.space, NB201Space):
+            return [np.asarray(a) for a in self.NB201_WARM_UP]
+        from nas_jax.supernet.darts import NUM_EDGES, edge_index
+
+        primitives = self.search.space.primitives
+        none = primitives.index("none") if "none" in primitives else None
+        ops = [i for i in range(len(primitives)) if i != none]
+        archs = [np.full((2, NUM_EDGES), o) for o in ops]
+        if none is not None:
+            single = np.full((2, NUM_EDGES), none)
+            for node in range(4):
+                single[:, edge_index(node, node + 1)] = ops[0]
+            archs += [single, np.full((2, NUM_EDGES), none)]
+        return archs
+
     def warm_up(self, state: GradientState, train_batch, valid_batch) -> None:
         """Compile every program a step can need (the architecture step's and the weight
-        step's passes for ``WARM_UP_ARCHS``), leaving ``state`` as it is: the steps after it
+        step's passes for ``warm_up_archs``), leaving ``state`` as it is: the steps after it
         run at their steady speed (the benchmark's timed steps)."""
-        scales = jnp.ones((len(EDGES),), state.alpha.dtype)
-        for arch in self.WARM_UP_ARCHS:
-            plan = self._plan(jnp.asarray(arch))
+        scales = jnp.ones((int(np.prod(state.alpha.shape[:-1])),), state.alpha.dtype)
+        for arch in self.warm_up_archs():
+            plan = self._plan(arch)
             for batch, scaled in ((valid_batch, True), (train_batch, False)):
                 logits, _, tape = self.graph.forward(
                     plan, state.params, state.stats, batch[0], train=True,
@@ -128,13 +164,23 @@ class ComposedGDAS:
                     tape, self._loss_and_grad(logits, batch[1])[2]))
 
     def _plan(self, arch) -> list:
-        """The scaled plan of an architecture (``int[6]``, read back to the host), cached."""
-        from nas_jax.supernet.composed import nb201_plan
+        """The scaled plan of an architecture (the arg-max op per edge, read back to the
+        host); the last ``plan_cache`` plans are kept."""
+        from nas_jax.supernet.composed import darts_edge_plan, nb201_plan
 
-        key = tuple(int(a) for a in jax.device_get(arch))
-        if key not in self._plans:
-            self._plans[key] = nb201_plan(self.network, key, scaled=True)
-        return self._plans[key]
+        arch = np.asarray(jax.device_get(arch))
+        key = tuple(int(a) for a in arch.reshape(-1))
+        if key in self._plans:
+            self._plans.move_to_end(key)
+            return self._plans[key]
+        if isinstance(self.search.space, NB201Space):
+            plan = nb201_plan(self.network, arch, scaled=True)
+        else:
+            plan = darts_edge_plan(self.network, arch, scaled=True)
+        self._plans[key] = plan
+        if len(self._plans) > self._plan_cache:
+            self._plans.popitem(last=False)
+        return plan
 
     def prepare(self, state: GradientState) -> GradientState:
         """A search state (whole-supernet weights) as the composed graph's."""

@@ -109,16 +109,26 @@ def _zeros_like(x):
     return jnp.zeros_like(x)
 
 
-@functools.partial(jax.jit, static_argnums=1)
+@jax.jit
 def _scaled_sum(scales, index, *xs):
-    return functools.reduce(operator.add, (x if j < 0 else scales[j] * x
-                                           for j, x in zip(index, xs)))
+    """``sum_i w_i * xs[i]`` with ``w_i = scales[index[i]]`` (1 where ``index[i] < 0``).
+    ``index`` is an array, not a static argument: one program per arity and shape serves
+    every pattern of scaled edges (a DARTS node has up to 2^5 of them per cell type)."""
+    w = jnp.where(index < 0, 1.0, scales[index]).astype(xs[0].dtype)
+    return functools.reduce(operator.add, (w[i] * x for i, x in enumerate(xs)))
 
 
-@functools.partial(jax.jit, static_argnums=1)
+@jax.jit
 def _scaled_sum_vjp(scales, index, *xs):
     """``_scaled_sum`` and its VJP with respect to ``(scales, xs)``."""
     return jax.vjp(lambda s, xs: _scaled_sum(s, index, *xs), scales, xs)
+
+
+@functools.cache
+def _scale_index(scales: tuple[int, ...]) -> jax.Array:
+    """A sum node's ``scales`` as the device array ``_scaled_sum`` reads (cached: a tuple
+    is converted and transferred once)."""
+    return jnp.asarray(np.asarray(scales, np.int32))
 
 
 class _Programs:
@@ -245,11 +255,12 @@ class ComposedGraph:
             if node.unit == "sum":
                 if edge_scales is not None and node.scales:
                     if train:
-                        values[node.out], vjp = _scaled_sum_vjp(edge_scales, node.scales,
-                                                                *inputs)
+                        values[node.out], vjp = _scaled_sum_vjp(
+                            edge_scales, _scale_index(node.scales), *inputs)
                         tape.append((node, vjp))
                     else:
-                        values[node.out] = _scaled_sum(edge_scales, node.scales, *inputs)
+                        values[node.out] = _scaled_sum(edge_scales,
+                                                       _scale_index(node.scales), *inputs)
                     continue
                 values[node.out] = inputs[0] if len(inputs) == 1 else _add(*inputs)
                 continue
@@ -473,17 +484,15 @@ def darts_unit_paths(network) -> list[tuple]:
     return paths + [("classifier",)]
 
 
-def darts_plan(network, arch) -> list[Node]:
-    """The plan of a DARTS architecture (``int[32]``, ``DartsSpace`` encoding) on ``network``
-    (a ``DartsNetwork`` supernet, possibly abstract), computing what the supernet computes
-    for ``space.one_hot(arch)``: per node, the two chosen ops on their chosen inputs (``none``
-    left out; a node whose two slots choose the same input and op sums that op's output
-    twice, as the supernet's edge weight 2 does), the four nodes concatenated."""
-    from nas_jax.spaces.darts import CONCAT, NUM_NODES, decision_index
+def _darts_cells_plan(network, terms_of: Callable) -> list[Node]:
+    """The plan of a DARTS network whose node ``node`` of cell type ``kind`` (0 normal, 1
+    reduction) sums ``terms_of(kind, node)``: ``(src, op name, scale)`` triples (``scale``:
+    the ``edge_scales`` index of the term, -1 for none; ``none`` ops left out by the
+    caller). A repeated ``(src, op)`` is computed once and summed as often as it appears;
+    a node without terms is a zero tensor."""
+    from nas_jax.spaces.darts import CONCAT, NUM_NODES
     from nas_jax.supernet.darts import edge_index
 
-    arch = np.asarray(arch)
-    primitives = network.space.primitives
     plan = [Node("s", ("x",), Unit((("stem",), ("stem_bn",)), _stem))]
     made = set()
     s0 = s1 = "s"
@@ -493,13 +502,10 @@ def darts_plan(network, arch) -> list[Node]:
         plan.append(Node(states[0], (s0,), Unit((("cells", i, "preprocess0"),), _block)))
         plan.append(Node(states[1], (s1,), Unit((("cells", i, "preprocess1"),), _block)))
         for node in range(NUM_NODES):
-            terms = []
-            for slot in range(2):
-                src = int(arch[decision_index(kind, node, slot, 0)])
-                name = primitives[int(arch[decision_index(kind, node, slot, 1)])]
-                if name == "none":
-                    continue
+            terms, scales = [], []
+            for src, name, scale in terms_of(kind, node):
                 stride = 2 if cell.reduction and src < 2 else 1
+                scales.append(scale)
                 if name == "skip_connect" and stride == 1:
                     terms.append(states[src])
                     continue
@@ -514,7 +520,8 @@ def darts_plan(network, arch) -> list[Node]:
                 terms.append(term)
             out = f"k{i}n{node}"
             if terms:
-                plan.append(Node(out, tuple(terms), "sum"))
+                scaled = any(j >= 0 for j in scales)
+                plan.append(Node(out, tuple(terms), "sum", tuple(scales) if scaled else ()))
             else:
                 stride = 2 if cell.reduction else 1
                 plan.append(Node(out, (states[1],), Unit((), _darts_zeros_fn(stride))))
@@ -523,6 +530,52 @@ def darts_plan(network, arch) -> list[Node]:
         plan.append(Node(s1, tuple(states[j] for j in CONCAT), Unit((), _concat)))
     plan.append(Node("logits", (s1,), Unit((("classifier",),), _darts_head)))
     return plan
+
+
+def darts_plan(network, arch) -> list[Node]:
+    """The plan of a DARTS architecture (``int[32]``, ``DartsSpace`` encoding) on ``network``
+    (a ``DartsNetwork`` supernet, possibly abstract), computing what the supernet computes
+    for ``space.one_hot(arch)``: per node, the two chosen ops on their chosen inputs (``none``
+    left out; a node whose two slots choose the same input and op sums that op's output
+    twice, as the supernet's edge weight 2 does), the four nodes concatenated."""
+    from nas_jax.spaces.darts import decision_index
+
+    arch = np.asarray(arch)
+    primitives = network.space.primitives
+
+    def terms_of(kind, node):
+        slots = ((int(arch[decision_index(kind, node, slot, 0)]),
+                  primitives[int(arch[decision_index(kind, node, slot, 1)])])
+                 for slot in range(2))
+        return [(src, name, -1) for src, name in slots if name != "none"]
+
+    return _darts_cells_plan(network, terms_of)
+
+
+def darts_edge_plan(network, edge_arch, scaled: bool = False) -> list[Node]:
+    """The plan of one op per edge on every edge of both cell types: ``edge_arch`` is
+    ``int[2, 14]`` (cell type, edge) indexing ``space.primitives``, as the arg-max of a GDAS
+    sample over ``alpha`` ``[2, 14, ops]`` (AutoDL's GDAS in the DARTS space: each node sums
+    the sampled op of each of its incoming edges; ``none`` edges contribute nothing). What
+    the mixture supernet computes for ``edge_weights = one_hot(edge_arch)``.
+
+    ``scaled``: edge ``e`` of cell type ``k`` is scaled by ``edge_scales[k * 14 + e]`` (the
+    sample's weight of that edge's op), in every cell of that type."""
+    from nas_jax.supernet.darts import NUM_EDGES, edge_index
+
+    edge_arch = np.asarray(edge_arch).reshape(2, NUM_EDGES)
+    primitives = network.space.primitives
+
+    def terms_of(kind, node):
+        terms = []
+        for src in range(node + 2):
+            e = edge_index(node, src)
+            name = primitives[int(edge_arch[kind, e])]
+            if name != "none":
+                terms.append((src, name, kind * NUM_EDGES + e if scaled else -1))
+        return terms
+
+    return _darts_cells_plan(network, terms_of)
 
 
 def unit_paths(network) -> list[tuple]:

@@ -1,4 +1,5 @@
-"""GDAS through the composed execution computes the switch supernet's GDAS step."""
+"""GDAS through the composed execution computes the switch supernet's GDAS step (NB201), and
+the mixture supernet's step restricted to the sampled ops (DARTS)."""
 
 import jax
 import jax.numpy as jnp
@@ -97,9 +98,127 @@ def test_steps_equal_the_switch_supernet_steps(state):
     assert int(back.step) == int(ref.step) == 3
 
 
-def test_needs_gdas_on_nb201():
+def test_needs_gdas():
     with pytest.raises(ValueError, match="method='gdas'"):
         ComposedGDAS(GradientSearch(SPACE, method="darts"))
-    darts = DartsSpace(channels=4, num_cells=2, input_shape=(8, 8, 3), num_classes=4)
-    with pytest.raises(ValueError, match="NB201 space"):
-        ComposedGDAS(GradientSearch(darts, method="gdas"))
+
+
+# ----------------------------------------------------------------------------- DARTS
+
+# one op of each kind (a pool with its BN, skip / factorized reduce, a separable and a
+# dilated convolution, none): every kind of unit at a fraction of all eight ops' compiles
+DARTS = DartsSpace(channels=4, num_cells=3, input_shape=(8, 8, 3), num_classes=4,
+                   primitives=("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3",
+                               "dil_conv_3x3"))
+
+
+class SampledOnly(GradientSearch):
+    """GDAS on the mixture supernet with ``one_hot(arg max) * sample`` as op weights: only
+    each edge's sampled op contributes, scaled by its weight, and only that weight gets a
+    gradient (AutoDL's GDAS), computed by autodiff through the whole supernet."""
+
+    def mixture(self, key, alpha, step):
+        h = super().mixture(key, alpha, step)
+        return jax.nn.one_hot(jnp.argmax(h, -1), h.shape[-1], dtype=h.dtype) * h
+
+
+def _darts_search(cls=GradientSearch, **kw):
+    return cls(DARTS, method="gdas", total_steps=4, arch_learning_rate=0.05, tau_max=1.0,
+               tau_min=0.5, network_options=(("edge_execution", "scan"),), **kw)
+
+
+def _darts_batches(seed):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    return ((jax.random.normal(k1, (6, 8, 8, 3)), jnp.arange(6) % 4),
+            (jax.random.normal(k2, (6, 8, 8, 3)), (jnp.arange(6) + 1) % 4))
+
+
+@pytest.fixture(scope="module")
+def darts_state():
+    with jax.threefry_partitionable(False):
+        return _darts_search().init(jax.random.key(0))
+
+
+def _compiled(composed) -> tuple:
+    """How many programs the composed graph and its shared sum programs hold (one per unit
+    structure; the sums' jit caches count arities and shapes)."""
+    from nas_jax.supernet import composed as module
+
+    return (len(composed.graph._programs), module._scaled_sum_vjp._cache_size(),
+            module._add._cache_size())
+
+
+@pytest.fixture(scope="module")
+def darts_composed(darts_state):
+    """One composed search for the DARTS tests, warmed up, so they share its compiled unit
+    programs (the architecture gradient does not read the beta regulariser). The samples
+    of the tests below must compile nothing more (the last test checks)."""
+    composed = ComposedGDAS(_darts_search(beta_weight=0.5))
+    composed.warm_up(composed.prepare(darts_state), *_darts_batches(7))
+    composed.compiled_after_warm_up = _compiled(composed)
+    return composed
+
+
+def test_darts_architecture_gradient_equals_autodiff_through_the_sampled_mixture(
+        darts_state, darts_composed):
+    state = darts_state
+    composed = darts_composed
+    search = composed.search
+    reference = _darts_search(SampledOnly)
+    prepared = composed.prepare(state)
+    _, valid = _darts_batches(1)
+    grad = jax.jit(jax.value_and_grad(reference.arch_loss, has_aux=True))
+    ops_seen = set()
+    for i in range(2):
+        key = jax.random.key(20 + i)
+        d_scales, loss, accuracy, arch = composed.arch_gradient(prepared, valid, key)
+        assert arch.shape == (2, 14)
+        ops_seen.update(np.asarray(arch).reshape(-1).tolist())
+
+        def scales_of(a, key=key):
+            h = gumbel_straight_through(key, a, search.tau_at(state.step))
+            return jnp.take_along_axis(h, jnp.argmax(h, -1)[..., None], -1).reshape(-1)
+
+        got = jax.vjp(scales_of, state.alpha)[1](d_scales)[0]
+        (want_loss, (_, want_acc)), want = grad(state.alpha, state.params, state.stats, key,
+                                                state.step, state.w_opt, None, valid)
+        assert float(loss) == pytest.approx(float(want_loss), rel=1e-5)
+        assert float(accuracy) == float(want_acc)
+        assert float(jnp.abs(want).max()) > 0
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-3, atol=1e-6)
+    assert len(ops_seen) == len(DARTS.primitives)  # the samples drew every op
+
+
+def test_darts_steps_equal_the_sampled_mixture_steps(darts_state, darts_composed):
+    """Three whole steps with the beta regulariser: alpha, the optimizer states, every
+    weight and the metrics equal the jitted mixture step's with the sampled-only weights."""
+    state = darts_state
+    composed = darts_composed
+    ref = state
+    cur = composed.prepare(jax.tree.map(jnp.copy, state))
+    step = jax.jit(_darts_search(SampledOnly, beta_weight=0.5).step)
+    for i in range(3):
+        train, valid = _darts_batches(2 + i)
+        ref, ref_metrics = step(ref, train, valid)
+        cur, metrics = composed.step(cur, train, valid)
+        assert set(metrics) == set(ref_metrics)
+        for name in ref_metrics:
+            assert float(metrics[name]) == pytest.approx(float(ref_metrics[name]), rel=1e-4,
+                                                         abs=1e-6), name
+    np.testing.assert_allclose(np.asarray(cur.alpha), np.asarray(ref.alpha), atol=5e-4)
+    assert not np.allclose(np.asarray(ref.alpha), np.asarray(state.alpha), atol=5e-2)
+    _close(cur.a_opt, ref.a_opt, atol=1e-5, rtol=1e-3)
+    back = composed.restore(cur, ref)
+    _close(back.params, ref.params, atol=1e-5)
+    _close(back.w_opt, ref.w_opt, atol=1e-5)
+    assert int(back.step) == 3
+
+
+def test_darts_warm_up_compiles_what_steps_need(darts_state, darts_composed):
+    """Since ``warm_up`` (in the fixture), the samples of the tests above and of three more
+    steps compiled no new unit or sum program."""
+    composed = darts_composed
+    cur = composed.prepare(jax.tree.map(jnp.copy, darts_state))
+    for i in range(3):
+        cur, _ = composed.step(cur, *_darts_batches(30 + i))
+    assert _compiled(composed) == composed.compiled_after_warm_up
