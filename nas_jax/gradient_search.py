@@ -15,8 +15,9 @@ final derived architecture, ``alpha.png`` the final ``softmax(alpha)``.
 - ``switch`` (GDAS on NB201): one jitted step on the switch supernet, which computes only
   each edge's sampled op (AutoDL's GDAS; the other ops' logits get gradients only through
   the softmax).
-- ``composed`` (GDAS on NB201): the ``switch`` step composed from per-unit programs on the
-  host (``strategies.gdas_composed``): the fastest on CPU (docs/benchmarks.md).
+- ``composed`` (GDAS on NB201 and DARTS): AutoDL's GDAS step (on NB201 the ``switch``
+  step) composed from per-unit programs on the host (``strategies.gdas_composed``): only
+  the sampled ops run; the fastest on CPU (docs/benchmarks.md).
 
 Evaluation, the Hessian eigenvalue and checkpoints use the mixture supernet's form of the
 weights in every case (they are the same weights); a resume still needs the same config,
@@ -71,7 +72,8 @@ def gradient_search_config() -> ml_collections.ConfigDict:
                                                valid_fraction=0.1))
     c.space = ml_collections.ConfigDict(dict(name="nb201", channels=4, cells_per_stage=1,
                                              num_cells=8, stem_multiplier=3,
-                                             ops=search_config().space.ops))  # nb201
+                                             ops=search_config().space.ops,  # nb201
+                                             darts_ops=search_config().space.darts_ops))
     c.strategy = ml_collections.ConfigDict(dict(
         name="darts", order=1, learning_rate=0.025, min_learning_rate=0.001, momentum=0.9,
         nesterov=False, weight_decay=3e-4, grad_clip=5.0, arch_learning_rate=3e-4, arch_beta1=0.5,
@@ -109,9 +111,13 @@ def validate_gradient_config(config: ml_collections.ConfigDict) -> None:
         ("strategy.execution", config.strategy.execution in EXECUTIONS,
          f"one of {', '.join(EXECUTIONS)}"),
         ("strategy.execution", config.strategy.execution == "mixture"
-         or (config.strategy.name == "gdas" and config.space.name == "nb201"),
-         "'mixture' unless strategy.name='gdas' and space.name='nb201' (the switch and "
-         "composed executions compute one sampled op per edge: GDAS on NAS-Bench-201)"),
+         or config.strategy.name == "gdas",
+         "'mixture' unless strategy.name='gdas' (the switch and composed executions compute "
+         "one sampled op per edge: GDAS; DARTS mixes every op)"),
+        ("strategy.execution", config.strategy.execution != "switch"
+         or config.space.name == "nb201",
+         "'mixture' or 'composed' unless space.name='nb201' (only the NAS-Bench-201 "
+         "supernet has a switch form)"),
         ("diagnostics.early_stop_threshold",
          0 < config.diagnostics.early_stop_threshold < 1, "in (0, 1)"),
         ("diagnostics.early_stop", not config.diagnostics.early_stop
@@ -216,6 +222,13 @@ def _programs(search: GradientSearch, batch_size: int, eval_batch_size: int, eig
             jax.jit(draw))
 
 
+@functools.lru_cache(maxsize=4)
+def _composed(search: GradientSearch) -> ComposedGDAS:
+    """The composed execution of a search, cached as ``_programs`` is: a resume in-process
+    reuses its compiled unit programs."""
+    return ComposedGDAS(search)
+
+
 def run_gradient_search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Run (or resume) the DARTS/GDAS search ``config`` describes; return the result dict."""
     validate_gradient_config(config)
@@ -240,7 +253,7 @@ def run_gradient_search(config: ml_collections.ConfigDict, workdir: str) -> dict
     init, step, score, eigen, draw = _programs(search, tc.batch_size, tc.eval_batch_size,
                                                config.diagnostics.eigen_iters,
                                                config.runtime.fast_compile, execution)
-    composed = ComposedGDAS(search) if execution == "composed" else None
+    composed = _composed(search) if execution == "composed" else None
     root = jax.random.key(config.seed)
     keys = jax.random.split(jax.random.fold_in(root, 1))
 

@@ -153,6 +153,46 @@ def test_gdas_composed_run_equals_switch_and_resumes_exactly(tmp_path):
     assert all(np.isfinite(r["train_loss"]) for r in rows)
 
 
+def darts_space_config():
+    """A tiny GDAS search in the DARTS space: 3 cells (a normal and two reduction cells),
+    one op of each kind."""
+    c = tiny_config()
+    c.space.name, c.space.num_cells = "darts", 3
+    c.space.darts_ops = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3")
+    c.strategy.name = "gdas"
+    return c
+
+
+def test_gdas_composed_run_in_the_darts_space_resumes_exactly(tmp_path):
+    """GDAS in the DARTS space through the composed execution: a valid genotype in the
+    chosen ops, alpha moved, finite losses, and a run killed during epoch 2 resumes to the
+    same alpha."""
+    from nas_jax.spaces.darts import DartsSpace
+
+    config = darts_space_config()
+    config.strategy.execution = "composed"
+    config.strategy.arch_learning_rate = 0.05
+    partitionable = jax.config.jax_threefry_partitionable
+    try:
+        result = run_gradient_search(config, str(tmp_path / "run"))
+        shutil.rmtree(os.path.join(tmp_path, "run", "checkpoints", "2"))
+        resumed = run_gradient_search(config, str(tmp_path / "run"))
+    finally:
+        jax.config.update("jax_threefry_partitionable", partitionable)
+    space = DartsSpace(channels=2, num_cells=3, input_shape=(8, 8, 1), num_classes=10,
+                       primitives=config.space.darts_ops)
+    space.validate(result["arch"])
+    assert result["arch_string"].startswith("Genotype(normal=")
+    assert "sep_conv_5x5" not in result["arch_string"]
+    softmax = np.asarray(result["alpha_softmax"])
+    assert softmax.shape == (2, 14, 4)
+    assert np.ptp(softmax) > 1e-3
+    np.testing.assert_array_equal(resumed["alpha_softmax"], result["alpha_softmax"])
+    rows = read_jsonl(os.path.join(tmp_path, "run", "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(np.isfinite(r["train_loss"]) for r in rows)
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("strategy.name", "enas", "config.strategy.name='enas': must be one of darts, gdas"),
     ("strategy.order", 3, "config.strategy.order=3"),
@@ -181,6 +221,13 @@ def test_config_errors_name_the_field(field, value, message):
     with pytest.raises(ConfigError, match="config.strategy.execution='composed': must be "
                                           "'mixture' unless strategy.name='gdas'"):
         validate_gradient_config(darts)
+    switch = darts_space_config()
+    switch.strategy.name, switch.strategy.execution = "gdas", "switch"
+    with pytest.raises(ConfigError, match="config.strategy.execution='switch': must be "
+                                          "'mixture' or 'composed' unless space.name='nb201'"):
+        validate_gradient_config(switch)
+    switch.strategy.execution = "composed"
+    validate_gradient_config(switch)
 
 
 def _with_typo():
