@@ -3,7 +3,9 @@
 ``run_search_benchmark(config)`` builds one NB201 supernet (the gradient-search issue's
 setting: C=16, N=5, 32x32x3, batch 64) and times, in one process on the same synthetic
 batches, one jitted step of each listed method from a cold start: the first call (trace +
-compile + run) and the mean of ``config.steps`` further calls. Methods:
+compile + run) and the mean of ``config.steps`` further calls. ``config.space="darts"``
+builds DARTS' search supernet instead (``config.channels``, ``config.num_cells``; methods
+``DARTS_METHODS``). Methods:
 
 - ``darts1`` / ``darts2``: DARTS, first order / exact second order (``GradientSearch``).
 - ``gdas``: GDAS with the mixture supernet (every op computed, times the one-hot sample).
@@ -15,7 +17,8 @@ compile + run) and the mean of ``config.steps`` further calls. Methods:
   first call is a step of a cell with every operation kind, so the timed steps compile
   nothing (a new sum arity or zero node at most).
 - ``gdas_composed``: GDAS composed from per-unit programs (``strategies.gdas_composed``):
-  the switch supernet's step, each unit a top-level program. Its first call is
+  the switch supernet's step (DARTS: the mixture step restricted to the sampled ops), each
+  unit a top-level program. Its first call is
   ``ComposedGDAS.warm_up`` (every unit and sum pattern compiled) and one step, so the timed
   steps compile nothing. Their time depends on the sampled cells (how many convolutions):
   use more steps than for the compiled methods.
@@ -32,11 +35,14 @@ import jax.numpy as jnp
 import ml_collections
 
 from nas_jax.evaluators.population import EXECUTION_OPTIONS
+from nas_jax.spaces.darts import DartsSpace
 from nas_jax.spaces.nb201 import NB201Space
 from nas_jax.strategies.gradient import GradientSearch
 
 METHODS = ("darts1", "darts2", "gdas", "gdas_switch", "gdas_composed", "random_path",
            "random_path_composed")
+DARTS_METHODS = ("darts1", "darts2", "gdas", "gdas_composed")  # the DARTS space has no switch
+SPACES = ("nb201", "darts")
 ALL_OP_KINDS = (3, 2, 4, 3, 1, 3)  # NB201 cell with conv 3x3 / 1x1, pool, skip; 1-3-input nodes
 SWITCH = tuple(EXECUTION_OPTIONS["switch"].items())  # the switch execution's supernet
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
@@ -47,8 +53,10 @@ def search_benchmark_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.kind = "search"
     c.seed = 0
+    c.space = "nb201"  # or "darts": DARTS' search supernet (channels, num_cells)
     c.channels = 16
-    c.cells_per_stage = 5
+    c.cells_per_stage = 5  # nb201
+    c.num_cells = 8  # darts
     c.input_shape = (32, 32, 3)
     c.batch_size = 64
     c.steps = 3
@@ -58,8 +66,10 @@ def search_benchmark_config() -> ml_collections.ConfigDict:
 
 
 def _method(space, name: str) -> GradientSearch:
-    if name not in METHODS:
-        raise ValueError(f"config.methods: {name!r}; allowed: {', '.join(METHODS)}")
+    allowed = DARTS_METHODS if isinstance(space, DartsSpace) else METHODS
+    if name not in allowed:
+        raise ValueError(f"config.methods: {name!r}; allowed in the {type(space).__name__}: "
+                         f"{', '.join(allowed)}")
     if name in ("darts1", "darts2"):
         return GradientSearch(space, method="darts", order=int(name[-1]))
     options = SWITCH if name in ("gdas_switch", "random_path") else ()  # composed: mixture
@@ -164,17 +174,25 @@ def time_method(space, name: str, key: jax.Array, train_batch, valid_batch,
 def run_search_benchmark(config: ml_collections.ConfigDict, workdir: str | None = None,
                          log=print) -> dict:
     """Time every method of ``config.methods``; print a table; write ``search_benchmark.json``."""
+    if config.space not in SPACES:
+        raise ValueError(f"config.space={config.space!r}; allowed: {', '.join(SPACES)}")
+    if config.space == "darts":
+        space = DartsSpace(channels=config.channels, num_cells=config.num_cells,
+                           input_shape=tuple(config.input_shape), num_classes=10)
+        described = f"DARTS C={config.channels} cells={config.num_cells}"
+    else:
+        space = NB201Space(channels=config.channels, cells_per_stage=config.cells_per_stage,
+                           input_shape=tuple(config.input_shape), num_classes=10)
+        described = f"NB201 C={config.channels} N={config.cells_per_stage}"
     for name in config.methods:
-        _method(NB201Space(channels=1, cells_per_stage=1), name)  # names checked up front
-    space = NB201Space(channels=config.channels, cells_per_stage=config.cells_per_stage,
-                       input_shape=tuple(config.input_shape), num_classes=10)
+        _method(space, name)  # names checked up front
     key = jax.random.key(config.seed)
     k1, k2, k3, k4, k_init = jax.random.split(key, 5)
     shape = (config.batch_size, *config.input_shape)
     train = (jax.random.normal(k1, shape), jax.random.randint(k2, shape[:1], 0, 10))
     valid = (jax.random.normal(k3, shape), jax.random.randint(k4, shape[:1], 0, 10))
-    log(f"backend {jax.default_backend()}, NB201 C={config.channels} N={config.cells_per_stage}"
-        f", input {tuple(config.input_shape)}, batch {config.batch_size}")
+    log(f"backend {jax.default_backend()}, {described}, input {tuple(config.input_shape)}, "
+        f"batch {config.batch_size}")
     log(f"{'method':20s} {'first call s':>12s} {'s / step':>9s}")
     rows = []
     for name in config.methods:

@@ -27,3 +27,14 @@ def test_unknown_method_is_named():
     c.methods = ("darts3",)
     with pytest.raises(ValueError, match="config.methods: 'darts3'"):
         run_search_benchmark(c)
+
+
+def test_methods_and_space_are_checked_for_the_darts_space():
+    c = search_benchmark_config()
+    c.space, c.methods = "darts", ("gdas_composed", "gdas_switch")
+    with pytest.raises(ValueError, match="config.methods: 'gdas_switch'; allowed in the "
+                                         "DartsSpace: darts1, darts2, gdas, gdas_composed"):
+        run_search_benchmark(c)
+    c.space = "nasnet"
+    with pytest.raises(ValueError, match="config.space='nasnet'; allowed: nb201, darts"):
+        run_search_benchmark(c)
