@@ -189,7 +189,8 @@ def _programs(search: GradientSearch, batch_size: int, eval_batch_size: int, eig
     execution's host-side steps).
 
     ``init`` runs once, so it is always compiled without backend optimisations (its compile
-    took 17 s of a tiny NB201 run's 83 s); the others only with ``fast_compile`` (tiny runs
+    took 17 s of a tiny NB201 run's 83 s), or run op by op for the DARTS supernet
+    (``GradientSearch.init_program``); the others only with ``fast_compile`` (tiny runs
     and tests, where compiling dominates).
     """
     stepper = search
@@ -216,7 +217,7 @@ def _programs(search: GradientSearch, batch_size: int, eval_batch_size: int, eig
         return collapse.dominant_hessian_eigenvalue(loss, state.alpha, key, eigen_iters)
 
     options = FAST_COMPILE if fast_compile else None
-    return (jax.jit(search.init, compiler_options=FAST_COMPILE),
+    return (search.init_program(FAST_COMPILE),
             jax.jit(step, donate_argnums=0, compiler_options=options),
             jax.jit(score, compiler_options=options), jax.jit(eigen, compiler_options=options),
             jax.jit(draw))

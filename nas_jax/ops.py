@@ -329,10 +329,11 @@ class DilConv(nnx.Module):
     """DARTS' ``DilConv``: ReLU -> depthwise kxk (dilated, strided) -> pointwise 1x1 -> BN."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, *, stride: int = 1, dilation: int = 2,
-                 affine: bool = True, depthwise_impl: str = "auto", rngs: nnx.Rngs):
+                 affine: bool = True, depthwise_impl: str = "auto", conv_impl: str = "xla",
+                 rngs: nnx.Rngs):
         self.depthwise = DepthwiseConv(c_in, kernel, stride=stride, dilation=dilation,
                                        impl=depthwise_impl, rngs=rngs)
-        self.pointwise = Conv(c_in, c_out, 1, rngs=rngs)
+        self.pointwise = Conv(c_in, c_out, 1, impl=conv_impl, rngs=rngs)
         self.bn = BatchNorm(c_out, affine=affine)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -344,11 +345,12 @@ class SepConv(nnx.Module):
     and only the last changes the width (c_in -> c_in -> c_out)."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, *, stride: int = 1,
-                 affine: bool = True, depthwise_impl: str = "auto", rngs: nnx.Rngs):
+                 affine: bool = True, depthwise_impl: str = "auto", conv_impl: str = "xla",
+                 rngs: nnx.Rngs):
         self.block_a = DilConv(c_in, c_in, kernel, stride=stride, dilation=1, affine=affine,
-                               depthwise_impl=depthwise_impl, rngs=rngs)
+                               depthwise_impl=depthwise_impl, conv_impl=conv_impl, rngs=rngs)
         self.block_b = DilConv(c_in, c_out, kernel, dilation=1, affine=affine,
-                               depthwise_impl=depthwise_impl, rngs=rngs)
+                               depthwise_impl=depthwise_impl, conv_impl=conv_impl, rngs=rngs)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         return self.block_b(self.block_a(x, train), train)
@@ -386,11 +388,12 @@ class FactorizedReduce(nnx.Module):
     ``ceil(size / 2)`` pixels (DARTS' PyTorch code fails there); even sizes are unaffected.
     """
 
-    def __init__(self, c_in: int, c_out: int, *, affine: bool = True, rngs: nnx.Rngs):
+    def __init__(self, c_in: int, c_out: int, *, affine: bool = True, impl: str = "xla",
+                 rngs: nnx.Rngs):
         if c_out % 2:
             raise ValueError(f"FactorizedReduce needs an even c_out (two halves), got {c_out}")
-        self.conv_a = Conv(c_in, c_out // 2, 1, stride=2, rngs=rngs)
-        self.conv_b = Conv(c_in, c_out // 2, 1, stride=2, rngs=rngs)
+        self.conv_a = Conv(c_in, c_out // 2, 1, stride=2, impl=impl, rngs=rngs)
+        self.conv_b = Conv(c_in, c_out // 2, 1, stride=2, impl=impl, rngs=rngs)
         self.bn = BatchNorm(c_out, affine=affine)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:

@@ -117,7 +117,7 @@ def _time_random_path_composed(search: GradientSearch, key: jax.Array, train_bat
     space = search.space
     trainer = ComposedExecutor(space, Recipe(batch_size=train_batch[0].shape[0]),
                                tx=search.weight_optimizer()).trainer
-    state = jax.jit(search.init)(key)
+    state = search.init_program()(key)
     archs = sampled_paths(space, state.key, 0, steps + 1)  # random_path's, step by step
 
     def step(carry, i, arch=None):
@@ -136,7 +136,7 @@ def _time_gdas_composed(search: GradientSearch, key: jax.Array, train_batch, val
     from nas_jax.strategies.gdas_composed import ComposedGDAS
 
     composed = ComposedGDAS(search)
-    state = composed.prepare(jax.jit(search.init)(key))
+    state = composed.prepare(search.init_program()(key))
     jax.block_until_ready(state)
 
     def step(state, i=0):
@@ -159,7 +159,7 @@ def time_method(space, name: str, key: jax.Array, train_batch, valid_batch,
         return _time_random_path_composed(search, key, train_batch, steps)
     if name == "gdas_composed":
         return _time_gdas_composed(search, key, train_batch, valid_batch, steps)
-    state = jax.jit(search.init, compiler_options=compiler_options)(key)
+    state = search.init_program(compiler_options)(key)
     jax.block_until_ready(state)
     jitted = jax.jit(_random_path_step(search) if name == "random_path" else search.step,
                      donate_argnums=0, compiler_options=compiler_options)

@@ -238,7 +238,7 @@ def _with_typo():
 
 @pytest.mark.parametrize("name", ["darts_nb201_digits", "darts_v1_nb201_cifar10",
                                   "darts_v2_nb201_cifar10", "gdas_nb201_cifar10",
-                                  "darts_cifar10"])
+                                  "darts_cifar10", "gdas_darts_cifar10"])
 def test_shipped_configs_validate(name):
     module = importlib.import_module(f"configs.{name}")
     config = module.get_config()

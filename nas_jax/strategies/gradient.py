@@ -250,6 +250,17 @@ class GradientSearch:
                              a_opt=self.arch_optimizer().init(alpha),
                              step=jnp.zeros((), jnp.int32), key=k_state)
 
+    def init_program(self, compiler_options: dict | None = None):
+        """``init`` compiled with ``compiler_options``, or for the DARTS supernet run op by op
+        (``executors.init_op_by_op``: XLA:CPU compiles its thousands of outputs for minutes;
+        op by op each op kind and shape compiles once, in seconds). Same values up to float
+        rounding."""
+        from nas_jax.evaluators.executors import init_op_by_op
+
+        if init_op_by_op(self.space):
+            return self.init
+        return jax.jit(self.init, compiler_options=compiler_options)
+
     def weight_step(self, params, stats, w_opt, weights: jax.Array, train_batch):
         """One optimizer step of the supernet weights on ``train_batch`` with the op weights
         ``weights`` held fixed: ``(params, stats, w_opt, train_loss, train_accuracy)``."""

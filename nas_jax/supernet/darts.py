@@ -135,21 +135,25 @@ class DartsCell(nnx.Module):
 
     def __init__(self, c_pp: int, c_p: int, channels: int, *, reduction: bool,
                  reduction_prev: bool, edge_ops, affine: bool, pool_bn: bool,
-                 depthwise_impl: str, edge_execution: str = "unrolled",
+                 depthwise_impl: str, edge_execution: str = "unrolled", conv_impl: str = "xla",
                  primitives: tuple[str, ...] = PRIMITIVES, rngs: nnx.Rngs):
         self.reduction = reduction
         self.primitives = tuple(primitives)
         self.edge_ops = edge_ops
         self.edge_execution = edge_execution
         if reduction_prev:  # c_{k-2} is at twice this cell's input resolution
-            self.preprocess0 = ops.FactorizedReduce(c_pp, channels, affine=affine, rngs=rngs)
+            self.preprocess0 = ops.FactorizedReduce(c_pp, channels, affine=affine,
+                                                    impl=conv_impl, rngs=rngs)
         else:
-            self.preprocess0 = ops.ReLUConvBN(c_pp, channels, 1, affine=affine, rngs=rngs)
-        self.preprocess1 = ops.ReLUConvBN(c_p, channels, 1, affine=affine, rngs=rngs)
+            self.preprocess0 = ops.ReLUConvBN(c_pp, channels, 1, affine=affine, impl=conv_impl,
+                                              rngs=rngs)
+        self.preprocess1 = ops.ReLUConvBN(c_p, channels, 1, affine=affine, impl=conv_impl,
+                                          rngs=rngs)
         for e, (_, src) in enumerate(EDGES):
             stride = 2 if reduction and src < 2 else 1
             for name, _ in edge_ops[e]:
-                block = _make_op(name, channels, stride, affine, pool_bn, depthwise_impl, rngs)
+                block = _make_op(name, channels, stride, affine, pool_bn, depthwise_impl, rngs,
+                                 conv_impl)
                 if block is not None:
                     setattr(self, f"e{e}_{name}", block)
 
@@ -306,21 +310,21 @@ class AuxiliaryHeadCIFAR(nnx.Module):
 
 
 def _make_op(name: str, c: int, stride: int, affine: bool, pool_bn: bool, depthwise_impl: str,
-             rngs: nnx.Rngs) -> nnx.Module | None:
+             rngs: nnx.Rngs, conv_impl: str = "xla") -> nnx.Module | None:
     """The module holding op ``name``'s weights/statistics, or None if it has neither."""
+    conv = {"depthwise_impl": depthwise_impl, "conv_impl": conv_impl}
     if name in SEP_KERNEL:
-        return ops.SepConv(c, c, SEP_KERNEL[name], stride=stride, affine=affine,
-                           depthwise_impl=depthwise_impl, rngs=rngs)
+        return ops.SepConv(c, c, SEP_KERNEL[name], stride=stride, affine=affine, **conv,
+                           rngs=rngs)
     if name in DIL_KERNEL:
-        return ops.DilConv(c, c, DIL_KERNEL[name], stride=stride, affine=affine,
-                           depthwise_impl=depthwise_impl, rngs=rngs)
+        return ops.DilConv(c, c, DIL_KERNEL[name], stride=stride, affine=affine, **conv,
+                           rngs=rngs)
     if name == "conv_3x3":  # MetaNAS' conv_3x3: DilConv without dilation
-        return ops.DilConv(c, c, 3, stride=stride, dilation=1, affine=affine,
-                           depthwise_impl=depthwise_impl, rngs=rngs)
+        return ops.DilConv(c, c, 3, stride=stride, dilation=1, affine=affine, **conv, rngs=rngs)
     if name == "conv_1x5_5x1":
         return ops.FacConv(c, c, 5, stride=stride, affine=affine, rngs=rngs)
     if name == "skip_connect" and stride == 2:
-        return ops.FactorizedReduce(c, c, affine=affine, rngs=rngs)
+        return ops.FactorizedReduce(c, c, affine=affine, impl=conv_impl, rngs=rngs)
     if name in _POOLS and pool_bn:
         return ops.BatchNorm(c, affine=False)
     return None
@@ -343,6 +347,9 @@ class DartsNetwork(nnx.Module):
       pool_bn: an affine-free BN after each pooling op (DARTS' search supernet).
       depthwise_impl: how the sep/dil convs' depthwise convolutions are computed
         (``ops.depthwise_conv2d``: ``auto``, ``slices`` or ``xla``); same weights and numbers.
+      conv_impl: how the full convolutions (stem, 1x1 preprocessing and pointwise
+        convolutions, factorized reductions) are computed (``ops.conv2d``; same weights and
+        numbers); ``mixed`` for the composed execution.
       edge_execution: how the supernet's 14 edges per cell run: ``unrolled`` (each edge its
         own ops in the program) or ``scan`` (``DartsCell._scanned``: two ``lax.scan``s over
         edges per cell, the same numbers; the program is ~7x smaller, so it compiles far
@@ -354,7 +361,7 @@ class DartsNetwork(nnx.Module):
 
     def __init__(self, space: DartsSpace, arch=None, *, affine: bool = True,
                  pool_bn: bool = False, depthwise_impl: str = "auto", auxiliary: bool = False,
-                 edge_execution: str = "unrolled", rngs: nnx.Rngs):
+                 edge_execution: str = "unrolled", conv_impl: str = "xla", rngs: nnx.Rngs):
         if not isinstance(space, DartsSpace):
             raise ValueError(f"DartsNetwork needs a DartsSpace, got {type(space).__name__}")
         if edge_execution not in EDGE_EXECUTIONS:
@@ -363,6 +370,8 @@ class DartsNetwork(nnx.Module):
         if edge_execution == "scan" and arch is not None:
             raise ValueError("edge_execution='scan' is for the supernet (every edge holds the "
                              "same ops); a standalone DartsNetwork runs its chosen ops unrolled")
+        if conv_impl not in ops.CONV_IMPLS:
+            raise ValueError(f"conv_impl={conv_impl!r}; allowed: {', '.join(ops.CONV_IMPLS)}")
         if depthwise_impl not in ops.DEPTHWISE_IMPLS:
             raise ValueError(f"depthwise_impl={depthwise_impl!r}; allowed: "
                              f"{', '.join(ops.DEPTHWISE_IMPLS)}")
@@ -380,7 +389,7 @@ class DartsNetwork(nnx.Module):
         self.aux_position = 2 * space.num_cells // 3 if auxiliary else None
         spatial = tuple(space.input_shape[:2])
         c_stem = space.stem_multiplier * space.channels
-        self.stem = ops.Conv(space.input_shape[-1], c_stem, 3, rngs=rngs)
+        self.stem = ops.Conv(space.input_shape[-1], c_stem, 3, impl=conv_impl, rngs=rngs)
         self.stem_bn = ops.BatchNorm(c_stem)
         c_pp, c_p, c = c_stem, c_stem, space.channels
         reduction_prev = False
@@ -392,7 +401,7 @@ class DartsNetwork(nnx.Module):
                                    reduction_prev=reduction_prev, edge_ops=cell_ops[reduction],
                                    affine=affine, pool_bn=pool_bn,
                                    depthwise_impl=depthwise_impl,
-                                   edge_execution=edge_execution,
+                                   edge_execution=edge_execution, conv_impl=conv_impl,
                                    primitives=space.primitives, rngs=rngs))
             reduction_prev = reduction
             c_pp, c_p = c_p, len(CONCAT) * c

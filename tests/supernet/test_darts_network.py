@@ -533,3 +533,15 @@ def test_depthwise_impl_reaches_every_depthwise_conv():
         assert set(found) == {expected}
     with pytest.raises(ValueError, match="depthwise_impl='fft'"):
         DartsNetwork(ONE_CELL, V2, depthwise_impl="fft", rngs=nnx.Rngs(0))
+
+
+def test_conv_impl_is_checked_and_keeps_the_layout():
+    """``conv_impl`` changes how the full convolutions compute, not the state layout (the
+    numbers: tests/supernet/test_composed_darts.py, whose composed units use ``mixed``)."""
+    _, state = abstract()
+    mixed = nnx.eval_shape(lambda: DartsNetwork(SPACE, None, depthwise_impl="xla",
+                                                conv_impl="mixed", rngs=nnx.Rngs(0)))
+    assert jax.tree.structure(nnx.state(mixed)) == jax.tree.structure(state)
+    assert mixed.cells[0].preprocess1.conv.impl == "mixed"
+    with pytest.raises(ValueError, match="conv_impl='fft'; allowed: xla, matmul"):
+        DartsNetwork(SPACE, None, conv_impl="fft", rngs=nnx.Rngs(0))
