@@ -22,6 +22,9 @@
 #   gpu_compile only when PARTS names it: DARTS first order's first call (one compile of the
 #               search step: 61.8 s on 2026-11-30) with XLA's parallel LLVM compilation
 #               (--xla_gpu_enable_llvm_module_compilation_parallelism, 16 threads)
+#   darts_search only when PARTS names it: GDAS composed on DARTS' search supernet (C=16,
+#               8 cells, batch 64; 2.66 s per step on 2 CPU cores, where the mixture step
+#               does not fit 24 GiB: docs/benchmarks.md), then the mixture step at batch 64
 #
 # PARTS="population_small search" runs only the parts named (env always runs): e.g. a second,
 # short call in the same session, PARTS=gpu_compile (~80 s).
@@ -72,7 +75,7 @@ part() {  # part NAME SECONDS COMMAND...
   grep -v -e '^WARNING' -e 'Warning' "$OUT/$name.log" | tail -n 30
 }
 
-OPTIONAL_PARTS=" gpu_compile "
+OPTIONAL_PARTS=" gpu_compile darts_search "
 wanted() {  # wanted NAME: PARTS names it, or PARTS is unset and it is not optional
   if [ -n "${PARTS:-}" ]; then
     [[ " $PARTS " == *" $1 "* ]]
@@ -82,7 +85,7 @@ wanted() {  # wanted NAME: PARTS names it, or PARTS is unset and it is not optio
 }
 
 # SMOKE=1: the same parts at toy sizes, to check this script on a machine without a GPU.
-SMALL=() LARGE=() SEARCH=()
+SMALL=() LARGE=() SEARCH=() DARTS=()
 if [ "${SMOKE:-0}" = 1 ]; then
   SMALL=(--config.workloads.small.candidates=2 --config.workloads.small.steps=2)
   LARGE=(--config.workloads.large.channels=4 --config.workloads.large.cells_per_stage=1
@@ -90,6 +93,8 @@ if [ "${SMOKE:-0}" = 1 ]; then
          --config.workloads.large.vmap_candidates=2 --config.workloads.large.steps=2)
   SEARCH=(--config.channels=4 --config.cells_per_stage=1 --config.input_shape="(8,8,3)"
           --config.steps=1)
+  DARTS=(--config.channels=4 --config.num_cells=3 --config.input_shape="(8,8,3)"
+         --config.steps=1)
 fi
 
 IMPORT_CHECK="
@@ -146,3 +151,7 @@ part gpu_compile 100 env XLA_FLAGS="--xla_gpu_enable_llvm_module_compilation_par
 --xla_gpu_force_compilation_parallelism=16" $PY experiments/benchmark.py \
   --config=configs/benchmark_darts.py --config.steps=3 --config.methods="('darts1',)" \
   "${SEARCH[@]}"
+
+part darts_search 200 $PY experiments/benchmark.py --config=configs/benchmark_darts.py \
+  --config.space=darts --config.steps=5 --config.methods="('gdas_composed','gdas')" \
+  "${DARTS[@]}"

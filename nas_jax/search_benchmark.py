@@ -18,10 +18,9 @@ builds DARTS' search supernet instead (``config.channels``, ``config.num_cells``
   nothing (a new sum arity or zero node at most).
 - ``gdas_composed``: GDAS composed from per-unit programs (``strategies.gdas_composed``):
   the switch supernet's step (DARTS: the mixture step restricted to the sampled ops), each
-  unit a top-level program. Its first call is
-  ``ComposedGDAS.warm_up`` (every unit and sum pattern compiled) and one step, so the timed
-  steps compile nothing. Their time depends on the sampled cells (how many convolutions):
-  use more steps than for the compiled methods.
+  unit a top-level program. Its first call is ``ComposedGDAS.warm_up`` (every unit and sum
+  arity compiled) and one step, so the timed steps compile nothing. Their time depends on
+  the sampled cells (how many convolutions): use more steps than for the compiled methods.
 """
 
 from __future__ import annotations

@@ -28,9 +28,9 @@ One step, as ``GradientSearch.step``:
    does not compute that gradient, so its loss is the loss.
 
 What differs from the switch supernet (NB201): the edges whose output cannot reach the
-loss are not run, so the batch statistics of their convolution blocks are not updated (their weights
-get zero gradients in both). Each step reads the two sampled architectures back to the host
-(12 integers on NB201, 28 on DARTS): the walk needs them.
+loss are not run, so the batch statistics of their convolution blocks are not updated
+(their weights get zero gradients in both). Each step reads the two sampled architectures
+back to the host (12 integers on NB201, 28 on DARTS): the walk needs them.
 
 The state is a ``GradientState`` whose ``params``/``stats`` are the composed graph's weight
 dicts: ``prepare`` converts a search's state, ``restore`` converts back (for checkpoints and

@@ -24,8 +24,9 @@ which value from which values) and the module paths each unit reads its weights 
 ``nb201_plan`` builds the plan of an NB201 architecture; operations whose output cannot
 reach the network's output are left out (they change nothing the network computes, so
 the trained weights that matter and the scores equal the switch supernet's). ``darts_plan``
-builds a DARTS architecture's (every chosen op reaches the output there); ``plan_for`` and
-``unit_paths`` pick by network.
+builds a DARTS architecture's (every chosen op reaches the output there), ``darts_edge_plan``
+one op on every edge of a DARTS cell (a GDAS sample); ``plan_for`` and ``unit_paths`` pick by
+network.
 """
 
 from __future__ import annotations
