@@ -14,7 +14,11 @@ device):
   single-path weight step, on the NB201 supernet C=16, N=5, 32x32x3, batch 64;
 - ``population``: candidate-steps per second of 16 uniformly sampled cells trained one
   after another (only each cell's chosen ops), on the small (C=8, N=1, 16x16x3) and large
-  (C=16, N=5, 32x32x3) workloads of ``configs/benchmark_population.py``, batch 64.
+  (C=16, N=5, 32x32x3) workloads of ``configs/benchmark_population.py``, batch 64;
+- ``darts_gdas``: seconds per GDAS step in the DARTS space, DARTS' search network (16
+  initial channels, 8 cells, stem x3, affine-free BN, BN after pooling), 32x32x3, batch 64,
+  only the sampled op of each of the 14 edges computed (AutoDL's GDAS forward), as
+  ``--config.space=darts`` of ``configs/benchmark_darts.py`` measures ``gdas_composed``.
 
     python experiments/reference_pytorch.py --what=search,population [--device=cuda]
 """
@@ -113,6 +117,134 @@ class Network(nn.Module):
 
     def weight_parameters(self):
         return [p for name, p in self.named_parameters() if name != "alpha"]
+
+
+# ----------------------------------------------------------------------------- DARTS space
+
+DARTS_OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
+             "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
+
+
+def _dil_conv(c, kernel, stride, dilation):
+    return nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, kernel, stride, dilation * (kernel - 1) // 2,
+                                              dilation=dilation, groups=c, bias=False),
+                         nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c, affine=False))
+
+
+class FactorizedReduce(nn.Module):
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.a = nn.Conv2d(c_in, c_out // 2, 1, 2, bias=False)
+        self.b = nn.Conv2d(c_in, c_out // 2, 1, 2, bias=False)
+        self.bn = nn.BatchNorm2d(c_out, affine=False)
+
+    def forward(self, x):
+        x = F.relu(x)
+        return self.bn(torch.cat([self.a(x), self.b(x[:, :, 1:, 1:])], 1))
+
+
+class DartsEdge(nn.Module):
+    """Every op of a DARTS edge; ``forward`` computes only the sampled one."""
+
+    def __init__(self, c, stride):
+        super().__init__()
+        self.stride = stride
+        self.ops = nn.ModuleDict({
+            "max_pool_3x3": nn.Sequential(nn.MaxPool2d(3, stride, 1),
+                                          nn.BatchNorm2d(c, affine=False)),
+            "avg_pool_3x3": nn.Sequential(nn.AvgPool2d(3, stride, 1, count_include_pad=False),
+                                          nn.BatchNorm2d(c, affine=False)),
+            "skip_connect": nn.Identity() if stride == 1 else FactorizedReduce(c, c),
+            "sep_conv_3x3": nn.Sequential(_dil_conv(c, 3, stride, 1), _dil_conv(c, 3, 1, 1)),
+            "sep_conv_5x5": nn.Sequential(_dil_conv(c, 5, stride, 1), _dil_conv(c, 5, 1, 1)),
+            "dil_conv_3x3": _dil_conv(c, 3, stride, 2),
+            "dil_conv_5x5": _dil_conv(c, 5, stride, 2)})
+
+    def forward(self, x, op):
+        return self.ops[DARTS_OPS[op]](x)
+
+
+class DartsCell(nn.Module):
+    def __init__(self, c_pp, c_p, c, reduction, reduction_prev):
+        super().__init__()
+        self.reduction = reduction
+        self.pre0 = (FactorizedReduce(c_pp, c) if reduction_prev else
+                     ReLUConvBN(c_pp, c, 1))
+        self.pre1 = ReLUConvBN(c_p, c, 1)
+        self.edges = nn.ModuleList(DartsEdge(c, 2 if reduction and src < 2 else 1)
+                                   for node in range(4) for src in range(node + 2))
+
+    def forward(self, s0, s1, weights, ops):
+        states, e = [self.pre0(s0), self.pre1(s1)], 0
+        for node in range(4):
+            acc = 0
+            for src in range(node + 2):
+                if DARTS_OPS[ops[e]] != "none":
+                    acc = acc + weights[e, ops[e]] * self.edges[e](states[src], ops[e])
+                e += 1
+            if not torch.is_tensor(acc):  # every op into the node is `none`
+                ref = states[1][:, :, ::2, ::2] if self.reduction else states[1]
+                acc = torch.zeros_like(ref)
+            states.append(acc)
+        return torch.cat(states[2:], 1)
+
+
+class DartsNetwork(nn.Module):
+    def __init__(self, c=16, cells=8, classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 3 * c, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(3 * c))
+        c_pp, c_p, reduction_prev, layers = 3 * c, 3 * c, False, []
+        for i in range(cells):
+            reduction = i in (cells // 3, 2 * cells // 3)
+            c = 2 * c if reduction else c
+            layers.append(DartsCell(c_pp, c_p, c, reduction, reduction_prev))
+            c_pp, c_p, reduction_prev = c_p, 4 * c, reduction
+        self.cells = nn.ModuleList(layers)
+        self.classifier = nn.Linear(c_p, classes)
+        self.alpha = nn.Parameter(1e-3 * torch.randn(2, 14, len(DARTS_OPS)))
+
+    def forward(self, x, weights, ops):
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            kind = int(cell.reduction)
+            s0, s1 = s1, cell(s0, s1, weights[kind], ops[kind])
+        return self.classifier(s1.mean((2, 3)))
+
+    def weight_parameters(self):
+        return [p for name, p in self.named_parameters() if name != "alpha"]
+
+
+def time_darts_gdas(steps=3):
+    net = DartsNetwork().to(DEVICE)
+    w_opt, a_opt = _optimizers(net)
+    (xt, yt), (xv, yv) = _batches(32)
+
+    def hard_sample(tau=10.0):
+        gumbel = -torch.empty_like(net.alpha).exponential_().log()
+        probs = F.softmax((F.log_softmax(net.alpha, -1) + gumbel) / tau, -1)
+        idx = probs.argmax(-1)
+        return F.one_hot(idx, len(DARTS_OPS)).float() - probs.detach() + probs, idx.tolist()
+
+    def gdas():
+        weights, ops = hard_sample()
+        w_opt.zero_grad()
+        F.cross_entropy(net(xt, weights, ops), yt).backward()
+        nn.utils.clip_grad_norm_(net.weight_parameters(), 5)
+        w_opt.step()
+        a_opt.zero_grad()
+        weights, ops = hard_sample()
+        F.cross_entropy(net(xv, weights, ops), yv).backward()
+        a_opt.step()
+
+    gdas()  # warm-up
+    _sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        gdas()
+    _sync()
+    print(f"darts space gdas         {(time.perf_counter() - t0) / steps:8.3f} s/step",
+          flush=True)
 
 
 def _optimizers(net):
@@ -223,6 +355,8 @@ def main():
     if "population" in what:
         time_population("small", 8, 1, 16, 50)
         time_population("large", 16, 5, 32, 10)
+    if "darts_gdas" in what:
+        time_darts_gdas(steps=10)
 
 
 if __name__ == "__main__":
