@@ -6,6 +6,7 @@ Layouts are NHWC. Every module takes ``(x, train)``; batch-norm statistics live 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -256,10 +257,46 @@ class Dense(nnx.Module):
 
 
 # --------------------------------------------------------------- DARTS operations
+def _pool_views(x: jax.Array, stride: int, pad_value: float) -> list[jax.Array]:
+    """The 9 (strided) shifted views of ``x`` padded by 1 with ``pad_value`` that a 3x3
+    pooling window reads, in row-major tap order."""
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=pad_value)
+    h_out, w_out = (x.shape[1] - 1) // stride + 1, (x.shape[2] - 1) // stride + 1
+    return [jax.lax.slice(xp, (0, i, j, 0),
+                          (xp.shape[0], i + (h_out - 1) * stride + 1,
+                           j + (w_out - 1) * stride + 1, xp.shape[3]), (1, stride, stride, 1))
+            for i in range(3) for j in range(3)]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def max_pool_3x3(x: jax.Array, stride: int = 1) -> jax.Array:
-    """3x3 max pooling, padding 1 with -inf (a padded cell never wins), as torch's MaxPool2d."""
+    """3x3 max pooling, padding 1 with -inf (a padded cell never wins), as torch's MaxPool2d.
+
+    The forward is XLA's ``reduce_window``; the derivative is a custom JVP: each output's
+    tangent is the tangent of the first tap (row-major) holding the window's maximum, as
+    torch routes the gradient (one element per window, also on ties). Its transpose (the
+    gradient) is nine shifted masked adds that XLA fuses, where ``reduce_window``'s own
+    gradient (select-and-scatter) ran 3-11x slower on XLA:CPU (64x32x32x16, stride 1:
+    forward + gradient 13.2 against 36.1 ms). Forward-over-reverse (Hessian-vector
+    products) works, as it would not through a custom VJP.
+    """
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, stride, stride, 1),
                                  ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+
+@max_pool_3x3.defjvp
+def _max_pool_3x3_jvp(stride, primals, tangents):
+    (x,), (t,) = primals, tangents
+    out = max_pool_3x3(x, stride)
+    views = _pool_views(x, stride, -jnp.inf)
+    first = jnp.full(out.shape, len(views) - 1, jnp.int8)  # the first tap holding the max
+    for k in reversed(range(len(views) - 1)):
+        first = jnp.where(views[k] == out, jnp.int8(k), first)
+    t_out = None
+    for k, tv in enumerate(_pool_views(t, stride, 0.0)):
+        term = jnp.where(first == k, tv, jnp.zeros_like(tv))
+        t_out = term if t_out is None else t_out + term
+    return out, t_out
 
 
 DEPTHWISE_IMPLS = ("auto", "slices", "xla")

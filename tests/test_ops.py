@@ -1,5 +1,6 @@
 """Convolution implementations and the recomputing switch: same values and gradients as
-XLA's convolution and ``lax.switch``, inside and outside switch branches."""
+XLA's convolution and ``lax.switch``, inside and outside switch branches; max pooling's
+custom derivative against reduce_window's."""
 
 import jax
 import jax.numpy as jnp
@@ -115,3 +116,38 @@ def test_remat_switch_equals_lax_switch(index):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5)  # float32, jit vs eager
     assert jax.tree.structure(got) == jax.tree.structure(want)
+
+
+def _reduce_window_max(x, stride):
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, stride, stride, 1),
+                                 ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [6, 7])
+def test_max_pool_gradients_equal_reduce_window_without_ties(stride, size):
+    """The custom JVP's gradient and Hessian-vector product equal XLA's reduce_window
+    derivatives where every window has one maximum (random inputs); odd sizes too."""
+    x = jax.random.normal(jax.random.key(size), (2, size, size, 3))
+    w = jax.random.normal(jax.random.key(1), ops.max_pool_3x3(x, stride).shape)
+    ours = lambda x: jnp.sum(w * ops.max_pool_3x3(x, stride) ** 2)  # noqa: E731
+    ref = lambda x: jnp.sum(w * _reduce_window_max(x, stride) ** 2)  # noqa: E731
+    np.testing.assert_array_equal(ops.max_pool_3x3(x, stride), _reduce_window_max(x, stride))
+    np.testing.assert_allclose(jax.grad(ours)(x), jax.grad(ref)(x), rtol=1e-6, atol=1e-6)
+    v = jax.random.normal(jax.random.key(2), x.shape)
+    hvp = jax.jvp(jax.grad(ours), (x,), (v,))[1]
+    np.testing.assert_allclose(hvp, jax.jvp(jax.grad(ref), (x,), (v,))[1], rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(hvp).max()) > 0
+
+
+def test_max_pool_routes_a_tie_to_the_first_tap():
+    """On a constant input every window ties: each output's gradient goes to one element,
+    the first (row-major) tap of its window, as torch's MaxPool2d routes it."""
+    g = jax.grad(lambda x: jnp.sum(ops.max_pool_3x3(x, 1)))(jnp.zeros((1, 4, 4, 1)))[0, :, :, 0]
+    # output (i, j)'s window starts at (i - 1, j - 1); its first in-bounds tap takes it
+    want = np.zeros((4, 4))
+    for i in range(4):
+        for j in range(4):
+            want[max(i - 1, 0), max(j - 1, 0)] += 1
+    np.testing.assert_array_equal(np.asarray(g), want)
+    assert float(g.sum()) == 16.0
