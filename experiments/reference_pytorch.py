@@ -220,31 +220,18 @@ def time_darts_gdas(steps=3):
     w_opt, a_opt = _optimizers(net)
     (xt, yt), (xv, yv) = _batches(32)
 
-    def hard_sample(tau=10.0):
-        gumbel = -torch.empty_like(net.alpha).exponential_().log()
-        probs = F.softmax((F.log_softmax(net.alpha, -1) + gumbel) / tau, -1)
-        idx = probs.argmax(-1)
-        return F.one_hot(idx, len(DARTS_OPS)).float() - probs.detach() + probs, idx.tolist()
-
     def gdas():
-        weights, ops = hard_sample()
+        weights, ops = _hard_sample(net.alpha)
         w_opt.zero_grad()
         F.cross_entropy(net(xt, weights, ops), yt).backward()
         nn.utils.clip_grad_norm_(net.weight_parameters(), 5)
         w_opt.step()
         a_opt.zero_grad()
-        weights, ops = hard_sample()
+        weights, ops = _hard_sample(net.alpha)
         F.cross_entropy(net(xv, weights, ops), yv).backward()
         a_opt.step()
 
-    gdas()  # warm-up
-    _sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        gdas()
-    _sync()
-    print(f"darts space gdas         {(time.perf_counter() - t0) / steps:8.3f} s/step",
-          flush=True)
+    _time_steps("darts space gdas", gdas, steps)
 
 
 def _optimizers(net):
@@ -261,6 +248,26 @@ def _sync():
     """Wait for the device's queued work, so a timer reads finished work."""
     if DEVICE.type == "cuda":
         torch.cuda.synchronize()
+
+
+def _hard_sample(alpha, tau=10.0):
+    """GDAS' straight-through Gumbel sample: one-hot forward, soft gradients; the arg-max op
+    per edge as a list."""
+    gumbel = -torch.empty_like(alpha).exponential_().log()
+    probs = F.softmax((F.log_softmax(alpha, -1) + gumbel) / tau, -1)
+    idx = probs.argmax(-1)
+    return F.one_hot(idx, alpha.shape[-1]).float() - probs.detach() + probs, idx.tolist()
+
+
+def _time_steps(label, step, steps):
+    """One warm-up call of ``step``, then print the mean seconds of ``steps`` more."""
+    step()
+    _sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync()
+    print(f"{label:24s} {(time.perf_counter() - t0) / steps:8.3f} s/step", flush=True)
 
 
 def _batches(size, n=2):
@@ -285,17 +292,11 @@ def time_search(steps=3):
         a_opt.step()
         weight_step(F.softmax(net.alpha, -1).detach())
 
-    def hard_sample(tau=10.0):
-        gumbel = -torch.empty_like(net.alpha).exponential_().log()
-        probs = F.softmax((F.log_softmax(net.alpha, -1) + gumbel) / tau, -1)
-        idx = probs.argmax(-1)
-        return F.one_hot(idx, len(OPS)).float() - probs.detach() + probs, idx.tolist()
-
     def gdas():
-        weights, ops = hard_sample()
+        weights, ops = _hard_sample(net.alpha)
         weight_step(weights, ops)
         a_opt.zero_grad()
-        weights, ops = hard_sample()
+        weights, ops = _hard_sample(net.alpha)
         F.cross_entropy(net(xv, weights, ops), yv).backward()
         a_opt.step()
 
@@ -304,14 +305,7 @@ def time_search(steps=3):
         weight_step(F.one_hot(idx, len(OPS)).float(), idx.tolist())
 
     for name, step in (("darts1", darts1), ("gdas", gdas), ("random_path", random_path)):
-        step()  # warm-up
-        _sync()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        _sync()
-        print(f"search      {name:12s} {(time.perf_counter() - t0) / steps:8.3f} s/step",
-              flush=True)
+        _time_steps(f"search      {name}", step, steps)
 
 
 def time_population(name, channels, cells, size, steps, candidates=16, seed=0):
