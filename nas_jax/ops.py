@@ -302,50 +302,6 @@ def _max_pool_3x3_jvp(stride, primals, tangents):
 DEPTHWISE_IMPLS = ("auto", "slices", "xla")
 
 
-def _depthwise_taps(x: jax.Array, kernel: jax.Array, stride: int, dilation: int,
-                    pad: int) -> jax.Array:
-    """The slice form: the k*k strided, dilated shifted views of ``x`` times their
-    per-channel taps, summed."""
-    k = kernel.shape[0]
-    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x
-    h_out = (xp.shape[1] - dilation * (k - 1) - 1) // stride + 1
-    w_out = (xp.shape[2] - dilation * (k - 1) - 1) // stride + 1
-    out = None
-    for i, j in np.ndindex(k, k):
-        view = jax.lax.slice(xp, (0, i * dilation, j * dilation, 0),
-                             (xp.shape[0], i * dilation + (h_out - 1) * stride + 1,
-                              j * dilation + (w_out - 1) * stride + 1, xp.shape[3]),
-                             (1, stride, stride, 1))
-        term = view * kernel[i, j, 0]
-        out = term if out is None else out + term
-    return out
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _depthwise_taps_same(x: jax.Array, kernel: jax.Array, dilation: int,
-                         pad: int) -> jax.Array:
-    """``_depthwise_taps`` at stride 1, with a JVP whose linearisation keeps the padded
-    input once (see ``depthwise_conv2d``)."""
-    return _depthwise_taps(x, kernel, 1, dilation, pad)
-
-
-@_depthwise_taps_same.defjvp
-def _depthwise_taps_same_jvp(dilation, pad, primals, tangents):
-    (x, kernel), (tx, tk) = primals, tangents
-    out = _depthwise_taps_same(x, kernel, dilation, pad)
-    t_out = _depthwise_taps(tx, kernel, 1, dilation, pad)
-    # The kernel's tangent multiplies the padded input *before* each tap's slice, so the
-    # linearisation's residual is the padded input, not the k*k sliced copies of it.
-    k = kernel.shape[0]
-    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x
-    h_out, w_out = out.shape[1], out.shape[2]
-    for i, j in np.ndindex(k, k):
-        t_out = t_out + jax.lax.slice(xp * tk[i, j, 0], (0, i * dilation, j * dilation, 0),
-                                      (xp.shape[0], i * dilation + h_out,
-                                       j * dilation + w_out, xp.shape[3]))
-    return out, t_out
-
-
 def depthwise_conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, dilation: int = 1,
                      pad: int = 0, impl: str = "slices") -> jax.Array:
     """NHWC depthwise convolution with an ``[k, k, 1, C]`` kernel, symmetric zero padding.
@@ -356,15 +312,6 @@ def depthwise_conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, dilati
     convolutions are slow: on 64x32x32x16, 14-50x faster forward and 4-7x faster forward +
     backward (3x3 and 5x5 dilated); a DARTS supernet forward (5 cells, C=8, 16x16, batch 32)
     23x faster (0.27 s vs 6.2 s). It compiles slower (about 1.5x for the tiny supernet).
-
-    At stride 1 the slice form has a custom JVP: autodiff of the plain form keeps every
-    shifted view as a residual for the kernel's gradient (a 3x3 forward took 0.63 ms alone
-    and 4-8 ms with its VJP at 64x32x32x16); the custom rule keeps the padded input once.
-    Forward with VJP + pullback at 64x32x32x16: 3x3 6.3 -> 3.1 ms, dilated 3x3 9.3 -> 3.3,
-    5x5 28.8 -> 11.4, dilated 5x5 26.3 -> 12.6; 64x16x16x32: 2.3 -> 1.9, 8.0 -> 6.4; at
-    64x8x8x64 about level. At stride 2 the rule's pullback was 2-5x slower, so strided
-    convolutions keep plain autodiff. Forward-over-reverse (Hessian-vector products) works
-    through both.
     """
     if impl == "xla":
         return jax.lax.conv_general_dilated(
@@ -373,9 +320,20 @@ def depthwise_conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, dilati
             feature_group_count=x.shape[-1])
     if impl != "slices":
         raise ValueError(f"depthwise impl={impl!r}; allowed: xla, slices")
-    if stride == 1:
-        return _depthwise_taps_same(x, kernel, dilation, pad)
-    return _depthwise_taps(x, kernel, stride, dilation, pad)
+    k = kernel.shape[0]
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x
+    h_out = (xp.shape[1] - dilation * (k - 1) - 1) // stride + 1
+    w_out = (xp.shape[2] - dilation * (k - 1) - 1) // stride + 1
+    out = None
+    for i in range(k):
+        for j in range(k):
+            view = jax.lax.slice(xp, (0, i * dilation, j * dilation, 0),
+                                 (xp.shape[0], i * dilation + (h_out - 1) * stride + 1,
+                                  j * dilation + (w_out - 1) * stride + 1, xp.shape[3]),
+                                 (1, stride, stride, 1))
+            term = view * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
 
 
 class DepthwiseConv(nnx.Module):

@@ -151,33 +151,3 @@ def test_max_pool_routes_a_tie_to_the_first_tap():
             want[max(i - 1, 0), max(j - 1, 0)] += 1
     np.testing.assert_array_equal(np.asarray(g), want)
     assert float(g.sum()) == 16.0
-
-
-@pytest.mark.parametrize("k, stride, dilation", [(3, 1, 1), (5, 1, 2), (3, 2, 1), (3, 1, 2)])
-def test_depthwise_slices_gradients_and_hvp_equal_xla(k, stride, dilation):
-    """The slice form (a custom JVP at stride 1) against XLA's grouped convolution: values,
-    both gradients, and a Hessian-vector product (forward over reverse) of a loss that is
-    not quadratic in the kernel."""
-    pad = dilation * (k - 1) // 2
-    kx, kk, kv = jax.random.split(jax.random.key(k * 10 + stride + dilation), 3)
-    x = jax.random.normal(kx, (2, 7, 7, 3))
-    kernel = jax.random.normal(kk, (k, k, 1, 3))
-
-    def loss(impl):
-        return lambda x, w: jnp.sum(jnp.tanh(ops.depthwise_conv2d(
-            x * w[0, 0, 0], w, stride=stride, dilation=dilation, pad=pad, impl=impl)))
-
-    for f in (lambda impl: ops.depthwise_conv2d(x, kernel, stride=stride, dilation=dilation,
-                                                pad=pad, impl=impl),
-              lambda impl: jax.grad(loss(impl), argnums=(0, 1))(x, kernel)):
-        for a, b in zip(jax.tree.leaves(f("slices")), jax.tree.leaves(f("xla"))):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-    v = (jax.random.normal(kv, x.shape), jax.random.normal(kv, kernel.shape))
-
-    def hvp(impl):
-        return jax.jvp(jax.grad(loss(impl), argnums=(0, 1)), (x, kernel), v)[1]
-
-    got, want = hvp("slices"), hvp("xla")
-    for a, b in zip(got, want):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
-    assert float(jnp.abs(got[1]).max()) > 0
