@@ -287,11 +287,20 @@ def max_pool_3x3(x: jax.Array, stride: int = 1) -> jax.Array:
 @max_pool_3x3.defjvp
 def _max_pool_3x3_jvp(stride, primals, tangents):
     (x,), (t,) = primals, tangents
-    out = max_pool_3x3(x, stride)
+    # A running maximum and the first tap holding it (a later tap wins only if greater), in
+    # one chain: comparing the taps for equality with a separately computed maximum broke
+    # when XLA recomputed ``x``'s producer in two fusions with different rounding (at
+    # backend optimisation level 0, a fused BN before the pool: no tap equalled the max,
+    # and the gradient went to the wrong tap).
+    # The primal stays ``reduce_window``'s (it propagates NaN, as the running maximum's
+    # comparisons would not).
     views = _pool_views(x, stride, -jnp.inf)
-    first = jnp.full(out.shape, len(views) - 1, jnp.int8)  # the first tap holding the max
-    for k in reversed(range(len(views) - 1)):
-        first = jnp.where(views[k] == out, jnp.int8(k), first)
+    best, first = views[0], jnp.zeros(views[0].shape, jnp.int8)
+    for k in range(1, len(views)):
+        greater = views[k] > best
+        best = jnp.where(greater, views[k], best)
+        first = jnp.where(greater, jnp.int8(k), first)
+    out = max_pool_3x3(x, stride)
     t_out = None
     for k, tv in enumerate(_pool_views(t, stride, 0.0)):
         term = jnp.where(first == k, tv, jnp.zeros_like(tv))

@@ -41,24 +41,38 @@ def test_live_edges_on_crafted_cells():
     assert nb201_live_edges(OPS, [3, 2, 0, 0, 0, 2]) == [1, 5]  # node 1 feeds nothing live
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_composed_step_equals_the_supernet(arch):
-    """Loss, every parameter gradient and the updated batch statistics of one training
-    forward + backward equal the mixture supernet's with one-hot weights (same XLA
-    convolutions, so to float rounding)."""
+@pytest.fixture(scope="module")
+def supernet():
+    """The supernet's weights, data, and its loss and gradients as one jitted program of the
+    one-hot weights (compiled once for every architecture below; run eagerly, the first
+    architecture alone took ~25 s on 2 cores)."""
     with jax.threefry_partitionable(False):
         params, stats, _ = init_candidate(SPACE, None, jax.random.key(1))
     x = jax.random.normal(jax.random.key(2), (6, 8, 8, 2))
     y = jnp.arange(6) % 4
-    weights = SPACE.one_hot(jnp.asarray(arch))
     network = nnx.eval_shape(lambda: build_network(SPACE, None, rngs=nnx.Rngs(0)))
     graphdef = nnx.split(network, nnx.Param, nnx.BatchStat)[0]
 
-    def loss_fn(p):
-        model = nnx.merge(graphdef, p, stats, copy=True)
-        return cross_entropy(model(x, weights, train=True), y), nnx.state(model, nnx.BatchStat)
+    @jax.jit
+    def value_and_grad(params, stats, weights):
+        def loss_fn(p):
+            model = nnx.merge(graphdef, p, stats, copy=True)
+            return (cross_entropy(model(x, weights, train=True), y),
+                    nnx.state(model, nnx.BatchStat))
 
-    (want_loss, want_stats), want_grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+    return params, stats, x, y, network, graphdef, value_and_grad
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_composed_step_equals_the_supernet(supernet, arch):
+    """Loss, every parameter gradient and the updated batch statistics of one training
+    forward + backward equal the mixture supernet's with one-hot weights (same XLA
+    convolutions, so to float rounding)."""
+    params, stats, x, y, network, graphdef, value_and_grad = supernet
+    weights = SPACE.one_hot(jnp.asarray(arch))
+    (want_loss, want_stats), want_grads = value_and_grad(params, stats, weights)
 
     graph = ComposedGraph(network)
     paths = nb201_unit_paths(network)
