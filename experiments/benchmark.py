@@ -2,7 +2,8 @@
 strategy (``--config=configs/benchmark_population.py``), seconds per search step of DARTS,
 GDAS and random single-path training (``--config=configs/benchmark_darts.py``), or the
 compile time and seconds per meta-step of MetaNAS per supernet execution
-(``--config=configs/benchmark_metanas.py``)."""
+(``--config=configs/benchmark_metanas.py``), or the floor under the search steps: their units
+timed alone and summed (``--config=configs/benchmark_floor.py``)."""
 
 import os
 import sys
@@ -30,6 +31,10 @@ def _runner(kind):
         from nas_jax.search_benchmark import run_search_benchmark
 
         return run_search_benchmark
+    if kind == "floor":
+        from nas_jax.floor_benchmark import run_floor_benchmark
+
+        return run_floor_benchmark
     if kind == "metanas":
         from nas_jax.meta.metanas_benchmark import run_metanas_benchmark
 

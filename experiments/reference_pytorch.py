@@ -18,7 +18,9 @@ device):
 - ``darts_gdas``: seconds per GDAS step in the DARTS space, DARTS' search network (16
   initial channels, 8 cells, stem x3, affine-free BN, BN after pooling), 32x32x3, batch 64,
   only the sampled op of each of the 14 edges computed (AutoDL's GDAS forward), as
-  ``--config.space=darts`` of ``configs/benchmark_darts.py`` measures ``gdas_composed``.
+  ``--config.space=darts`` of ``configs/benchmark_darts.py`` measures ``gdas_composed``;
+- ``floor``: each unit of the NB201 search network alone and the sum of their times per
+  search step, as ``configs/benchmark_floor.py`` measures them for nas_jax.
 
     python experiments/reference_pytorch.py --what=search,population [--device=cuda]
 """
@@ -330,6 +332,94 @@ def time_population(name, channels, cells, size, steps, candidates=16, seed=0):
           f"({candidates} x {steps} steps in {seconds:.1f} s)", flush=True)
 
 
+def _seconds(fn, repeats):
+    fn()
+    _sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def time_floor(repeats=20, channels=16, cells=5, size=32, batch=64):
+    """Each unit of the NB201 search network alone, forward and backward (``weights``: with
+    respect to inputs and weights; ``inputs``: inputs only), and each method's floor, as
+    ``nas_jax.floor_benchmark`` computes them for nas_jax (the same units, names and cell
+    op counts)."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from nas_jax.floor_benchmark import METHODS, cell_counts, floors
+    from nas_jax.spaces.nb201 import NB201Space
+
+    def act(*shape):
+        return torch.randn(batch, *shape, device=DEVICE)
+
+    units = {}
+    c, h = channels, size
+    units["stem"] = (nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False),
+                                   nn.BatchNorm2d(c)), (act(3, h, h),), "stem")
+    for stage, ch in enumerate((c, 2 * c, 4 * c)):
+        if stage:
+            units[f"reduction{stage}"] = (Reduction(ch // 2, ch), (act(ch // 2, h, h),),
+                                          "fixed")
+            h = (h + 1) // 2
+        tag = f"@{h}x{h}x{ch}"
+        units["nor_conv_3x3" + tag] = (ReLUConvBN(ch, ch, 3), (act(ch, h, h),), "cell")
+        units["nor_conv_1x1" + tag] = (ReLUConvBN(ch, ch, 1), (act(ch, h, h),), "cell")
+        units["avg_pool_3x3" + tag] = (nn.AvgPool2d(3, 1, 1, count_include_pad=False),
+                                       (act(ch, h, h),), "cell")
+        units["add" + tag] = (lambda a, b: a + b, (act(ch, h, h), act(ch, h, h)), "cell")
+        w = torch.tensor(0.3, device=DEVICE)
+        units["axpy" + tag] = (lambda a, b, w=w: a + w * b, (act(ch, h, h), act(ch, h, h), w),
+                               "scale")
+    head = nn.Sequential(nn.BatchNorm2d(4 * c), nn.ReLU())
+    classifier = nn.Linear(4 * c, 10)
+    labels = torch.arange(batch, device=DEVICE) % 10
+
+    def head_fn(x, head=head, classifier=classifier):
+        return F.cross_entropy(classifier(head(x).mean((2, 3))), labels)
+
+    head_fn.parameters = lambda: [*head.parameters(), *classifier.parameters()]
+    units["head"] = (head_fn, (act(4 * c, h, h),), "fixed")
+
+    table = {}
+    for name, (module, inputs, kind) in units.items():
+        if isinstance(module, nn.Module):
+            module.to(DEVICE)
+        params = list(module.parameters()) if hasattr(module, "parameters") else []
+        table[name] = {}
+        for which in ("weights", "inputs"):
+            forward_only = kind == "stem" and which == "inputs"
+            for p in params:
+                p.requires_grad_(which == "weights")
+            for t in inputs:  # (the scale's weight is an input: its gradient in both passes)
+                t.requires_grad_(kind != "stem")
+
+            def run(module=module, inputs=inputs, params=params, forward_only=forward_only):
+                for t in (*inputs, *params):
+                    t.grad = None
+                if forward_only:
+                    with torch.no_grad():
+                        return module(*inputs)
+                out = module(*inputs)
+                out.backward(torch.ones_like(out))
+
+            table[name][which] = _seconds(run, repeats)
+        print(f"floor unit  {name:24s} weights {1e3 * table[name]['weights']:8.3f} ms  "
+              f"inputs {1e3 * table[name]['inputs']:8.3f} ms", flush=True)
+    space = NB201Space(channels=channels, cells_per_stage=cells, input_shape=(size, size, 3),
+                       num_classes=10)
+    for method in METHODS:
+        counts = ", ".join(f"{k} {v:.2f}" for k, v in cell_counts(method).items() if v)
+        print(f"floor       {method:12s} {floors(space, table, method):8.3f} s/step  ({counts})",
+              flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--what", default="search,population")
@@ -351,6 +441,8 @@ def main():
         time_population("large", 16, 5, 32, 10)
     if "darts_gdas" in what:
         time_darts_gdas(steps=10)
+    if "floor" in what:
+        time_floor()
 
 
 if __name__ == "__main__":
