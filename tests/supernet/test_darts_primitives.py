@@ -186,7 +186,11 @@ def test_derivation_pruning_and_diagrams_without_none():
     assert ("max_pool_3x3" in {a[2] for a in arrows}) and len(arrows) == 8
 
 
+@pytest.mark.slow
 def test_metanas_learner_on_the_few_shot_ops():
+    """MetaNAS' learner adapts alpha on the few-shot op set (its jitted adaptation compiles
+    a MetaNAS supernet: ~30 s on 2 cores, hence slow; the op set's modules, counts and
+    standalone equality are tested above without it)."""
     space = DartsSpace(channels=2, num_cells=1, input_shape=(8, 8, 1), num_classes=3,
                        primitives=FEWSHOT_PRIMITIVES)
     learner, state = metanas.make_learner(jax.random.key(0), "metanas", space=space,
