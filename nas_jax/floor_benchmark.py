@@ -17,13 +17,16 @@ the search methods use them:
 
 Cell op counts are expectations over all 5^6 cells (exact, by enumeration), so the floors
 have no sampling noise. Each conv unit is timed with every implementation in
-``config.conv_impls`` (``ops.conv2d``) and the fastest counts. What the floor leaves out is
-what a real step adds: the glue between units (dispatch, residuals passed between programs
-or kept alive in one), the optimizer update, and the parts of a fused program that run
-slower than alone; a program fused across units could in principle beat the floor only by
-computing the convolutions faster than XLA computes them alone. So no step built from this
-backend's kernels can be much faster than its floor: if the floor is above a goal, the goal
-needs faster convolution kernels, not a better program around them.
+``config.conv_impls`` (``ops.conv2d``) and the fastest counts.
+
+What the floor is and is not: a step adds what it leaves out (the glue between units, the
+optimizer update). It is also optimistic per unit: given its cotangent as an argument, a
+unit's forward and backward are independent, so XLA runs them concurrently on the cores
+and drops a linear unit's forward (pool, sums) when only its gradient is returned. But it
+is not a strict lower bound: a step that runs independent units concurrently (the ops of
+one edge, the edges leaving one node) can beat the sum, as DARTS' fused mixture step does.
+Where each unit alone keeps at least one core busy, no step on ``n`` cores gets below
+``floor / n``: a goal below that needs faster kernels, not a better program around them.
 """
 
 from __future__ import annotations
