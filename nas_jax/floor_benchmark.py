@@ -47,14 +47,12 @@ from nas_jax.spaces.nb201 import CONV_KERNEL, EDGES, NUM_NODES, OPS, NB201Space,
 from nas_jax.train.steps import cross_entropy
 
 METHODS = ("random_path", "gdas", "darts1")
-PASSES = ("weights", "inputs", "forward")
 
 
 def floor_benchmark_config() -> ml_collections.ConfigDict:
     """Defaults: the search benchmark's NB201 network, 20 timed calls per unit."""
     c = ml_collections.ConfigDict()
     c.kind = "floor"
-    c.seed = 0
     c.channels = 16
     c.cells_per_stage = 5
     c.input_shape = (32, 32, 3)
