@@ -17,22 +17,21 @@ def _tiny(executions):
     return c
 
 
-def test_rows_per_execution_with_equal_fitness_cold_and_warm(tmp_path):
-    """Each execution's row; with ``warm``, a second call on the same evaluator reuses its
-    programs and repeats the training exactly (same key: the same fitness on XLA:CPU)."""
-    c = _tiny(("switch", "composed"))
+def test_row_cold_and_warm(tmp_path):
+    """An execution's row; with ``warm``, a second call on the same evaluator reuses its
+    programs and repeats the training exactly (same key: the same fitness on XLA:CPU). That
+    the executions train alike is tested in tests/evaluators/test_executors.py (a second
+    execution here cost ~15 s of the suite)."""
+    c = _tiny(("composed",))
     c.warm = True
     lines = []
     out = run_benchmark(c, str(tmp_path), log=lines.append)
-    assert [r["execution"] for r in out["rows"]] == ["switch", "composed"]
+    assert [r["execution"] for r in out["rows"]] == ["composed"]
     for row in out["rows"]:
         assert row["seconds"] > 0 and row["candidate_steps_per_s"] > 0
         assert 0 < row["share_of_peak"]
         assert row["warm_seconds"] > 0 and row["warm_candidate_steps_per_s"] > 0
         assert row["warm_mean_fitness"] == row["mean_fitness"]
-    # Both train the same candidates from the same init on the same batches.
-    assert out["rows"][0]["mean_fitness"] == pytest.approx(out["rows"][1]["mean_fitness"],
-                                                           abs=0.07)
     assert json.loads((tmp_path / "benchmark.json").read_text())["rows"] == out["rows"]
     assert any(line.startswith("small    composed") for line in lines)
     assert "warm cand-steps/s" in lines[2] and len(lines[3].split()) == 10

@@ -11,11 +11,13 @@ from nas_jax.search_benchmark import run_search_benchmark, search_benchmark_conf
 def test_times_each_method_and_writes_json(tmp_path):
     c = search_benchmark_config()
     c.channels, c.cells_per_stage, c.input_shape, c.batch_size, c.steps = 2, 1, (8, 8, 3), 4, 1
-    c.methods = ("random_path", "gdas_composed")  # each costs an init and compiles
+    # one jitted method (each costs an init and compiles; the composed GDAS step is tested
+    # in tests/strategies/test_gdas_composed.py)
+    c.methods = ("random_path",)
     c.fast_compile = True
     lines = []
     out = run_search_benchmark(c, str(tmp_path), log=lines.append)
-    assert [r["method"] for r in out["rows"]] == ["random_path", "gdas_composed"]
+    assert [r["method"] for r in out["rows"]] == ["random_path"]
     for row in out["rows"]:
         assert row["finite"] and row["first_call_s"] > 0 and row["seconds_per_step"] > 0
     assert json.loads((tmp_path / "search_benchmark.json").read_text())["rows"] == out["rows"]
