@@ -153,17 +153,27 @@ def network_units(space: NB201Space, batch: int, conv_impl: str) -> dict:
     return units
 
 
+# What a unit kind computes in each pass of a step (default: the pass itself): the stem has
+# nothing before it (no input gradient; the architecture pass needs its forward only); a
+# scaled edge's weight gets its gradient in both passes.
+PROGRAM_OF_PASS = {"stem": {"weights": "params", "inputs": "forward"},
+                   "scale": {"inputs": "weights"}}
+
+
 def _pass_program(fn, x, params, which: str):
     """A jitted program of one pass of ``fn`` and its arguments: ``weights`` (forward, then
     the VJP with respect to ``x`` and the parameters), ``inputs`` (the VJP with respect to
-    ``x`` only), ``forward``. The output's cotangent is an argument: as a constant, XLA
-    folds parts of the backward pass at compile time (the pool's, for seconds)."""
+    ``x`` only), ``params`` (with respect to the parameters only), ``forward``. The
+    output's cotangent is an argument: as a constant, XLA folds parts of the backward pass
+    at compile time (the pool's, for seconds)."""
     if which == "forward":
         return jax.jit(fn), (x, params)
     out = jax.eval_shape(fn, x, params)
     seed = jax.tree.map(lambda s: jax.random.normal(jax.random.key(3), s.shape, s.dtype), out)
     if which == "inputs":
         return jax.jit(lambda x, p, g: jax.vjp(lambda x_: fn(x_, p), x)[1](g)), (x, params, seed)
+    if which == "params":
+        return jax.jit(lambda x, p, g: jax.vjp(lambda p_: fn(x, p_), p)[1](g)), (x, params, seed)
     return jax.jit(lambda x, p, g: jax.vjp(fn, x, p)[1](g)), (x, params, seed)
 
 
@@ -179,7 +189,7 @@ def _seconds(program, args, repeats: int) -> float:
 
 def time_units(space: NB201Space, batch: int, conv_impls, repeats: int) -> dict:
     """``{unit: {pass: seconds}}``, the fastest of ``conv_impls`` for units holding
-    convolutions (the stem's ``inputs`` pass is its forward: nothing is before it)."""
+    convolutions (``PROGRAM_OF_PASS``: what each kind computes per pass)."""
     table: dict = {}
     for impl in conv_impls:
         for name, (fn, x, params, kind) in network_units(space, batch, impl).items():
@@ -187,9 +197,8 @@ def time_units(space: NB201Space, batch: int, conv_impls, repeats: int) -> dict:
             if impl != conv_impls[0] and not has_conv:
                 continue  # the same program whatever the conv impl
             for which in ("weights", "inputs"):
-                actual = {"stem": "forward", "scale": "weights"}.get(kind, which) \
-                    if which == "inputs" else which
-                s = _seconds(*_pass_program(fn, x, params, actual), repeats)
+                program = PROGRAM_OF_PASS.get(kind, {}).get(which, which)
+                s = _seconds(*_pass_program(fn, x, params, program), repeats)
                 best = table.setdefault(name, {}).get(which)
                 table[name][which] = s if best is None else min(best, s)
     return table
