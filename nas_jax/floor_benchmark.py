@@ -109,7 +109,7 @@ def network_units(space: NB201Space, batch: int, conv_impl: str) -> dict:
     """``name -> (fn(x, params), x, params, kind)`` for every unit kind of the network; kind
     is ``cell`` (per cell, per stage), ``scale`` (per cell; its weight's gradient is needed
     in both passes), ``fixed`` (once per pass) or ``stem`` (no input gradient)."""
-    rngs = nnx.Rngs(0)
+    rngs = ops.ParamKeys(0)
     h, w, c_in = space.input_shape
     c = space.channels
     key = jax.random.key(1)

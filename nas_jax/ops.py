@@ -18,6 +18,35 @@ BN_MOMENTUM = 0.9
 BN_EPS = 1e-5
 
 
+class ParamKeys:
+    """The keys a network's constructor draws its initial weights from (``rngs.params()``):
+    the i-th call returns ``jax.random.fold_in(key, i)``, the keys ``nnx.Rngs(key)`` hands
+    out, so a network built with either gets the same weights; the count is a Python int.
+
+    Build with it where the build is traced (``jax.jit``, ``nnx.eval_shape``):
+    ``nnx.Rngs`` keeps its count in an array it updates in place (``count[...] += 1``), and
+    under tracing each update reads the traced value's ``sharding``, whose (discarded)
+    error message walks every equation traced so far, so a build's tracing time grew with
+    the square of its size (as batch norm's statistics did; see ``BatchNorm``).
+    """
+
+    def __init__(self, key: jax.Array | int):
+        if isinstance(key, int):
+            key = jax.random.key(key)
+        elif isinstance(key, jax.Array) and key.dtype == jnp.uint32:  # a raw key
+            key = jax.random.wrap_key_data(key)
+        self.key = key
+        self.count = 0
+
+    def params(self) -> jax.Array:
+        key = jax.random.fold_in(self.key, self.count)
+        self.count += 1
+        return key
+
+
+Keys = nnx.Rngs | ParamKeys  # what the modules' ``rngs`` argument accepts
+
+
 class BatchNorm(nnx.Module):
     """Batch norm over N, H, W whose mode is chosen per call (``train``), not per module.
 
@@ -188,7 +217,7 @@ class Conv(nnx.Module):
     """
 
     def __init__(self, c_in: int, c_out: int, kernel: int, *, stride: int = 1, dilation: int = 1,
-                 impl: str = "xla", rngs: nnx.Rngs):
+                 impl: str = "xla", rngs: Keys):
         init = jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal")
         self.kernel = nnx.Param(init(rngs.params(), (kernel, kernel, c_in, c_out), jnp.float32))
         self.stride = stride
@@ -205,7 +234,7 @@ class ReLUConvBN(nnx.Module):
     """ReLU -> Conv -> BN, the NAS-Bench-201 / DARTS convolution block."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, *, stride: int = 1,
-                 affine: bool = True, impl: str = "xla", rngs: nnx.Rngs):
+                 affine: bool = True, impl: str = "xla", rngs: Keys):
         self.conv = Conv(c_in, c_out, kernel, stride=stride, impl=impl, rngs=rngs)
         self.bn = BatchNorm(c_out, affine=affine)
 
@@ -232,7 +261,7 @@ def avg_pool_2x2(x: jax.Array) -> jax.Array:
 class ResidualReduction(nnx.Module):
     """NAS-Bench-201's ResNet basic block between stages: stride 2, channels c_in -> c_out."""
 
-    def __init__(self, c_in: int, c_out: int, *, impl: str = "xla", rngs: nnx.Rngs):
+    def __init__(self, c_in: int, c_out: int, *, impl: str = "xla", rngs: Keys):
         self.conv_a = ReLUConvBN(c_in, c_out, 3, stride=2, impl=impl, rngs=rngs)
         self.conv_b = ReLUConvBN(c_out, c_out, 3, impl=impl, rngs=rngs)
         self.shortcut = Conv(c_in, c_out, 1, impl=impl, rngs=rngs)
@@ -245,7 +274,7 @@ class ResidualReduction(nnx.Module):
 class Dense(nnx.Module):
     """A fully connected layer (LeCun-uniform-like init, zero bias)."""
 
-    def __init__(self, d_in: int, d_out: int, *, rngs: nnx.Rngs):
+    def __init__(self, d_in: int, d_out: int, *, rngs: Keys):
         bound = 1.0 / jnp.sqrt(d_in)
         self.kernel = nnx.Param(
             jax.random.uniform(rngs.params(), (d_in, d_out), jnp.float32, -bound, bound)
@@ -355,7 +384,7 @@ class DepthwiseConv(nnx.Module):
     """
 
     def __init__(self, channels: int, kernel: int, *, stride: int = 1, dilation: int = 1,
-                 impl: str = "auto", rngs: nnx.Rngs):
+                 impl: str = "auto", rngs: Keys):
         if impl not in DEPTHWISE_IMPLS:
             raise ValueError(f"depthwise impl={impl!r}; allowed: {', '.join(DEPTHWISE_IMPLS)}")
         init = jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -377,7 +406,7 @@ class DilConv(nnx.Module):
 
     def __init__(self, c_in: int, c_out: int, kernel: int, *, stride: int = 1, dilation: int = 2,
                  affine: bool = True, depthwise_impl: str = "auto", conv_impl: str = "xla",
-                 rngs: nnx.Rngs):
+                 rngs: Keys):
         self.depthwise = DepthwiseConv(c_in, kernel, stride=stride, dilation=dilation,
                                        impl=depthwise_impl, rngs=rngs)
         self.pointwise = Conv(c_in, c_out, 1, impl=conv_impl, rngs=rngs)
@@ -393,7 +422,7 @@ class SepConv(nnx.Module):
 
     def __init__(self, c_in: int, c_out: int, kernel: int, *, stride: int = 1,
                  affine: bool = True, depthwise_impl: str = "auto", conv_impl: str = "xla",
-                 rngs: nnx.Rngs):
+                 rngs: Keys):
         self.block_a = DilConv(c_in, c_in, kernel, stride=stride, dilation=1, affine=affine,
                                depthwise_impl=depthwise_impl, conv_impl=conv_impl, rngs=rngs)
         self.block_b = DilConv(c_in, c_out, kernel, dilation=1, affine=affine,
@@ -409,7 +438,7 @@ class FacConv(nnx.Module):
     'SAME'-style padding along their long side."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, *, stride: int = 1,
-                 affine: bool = True, rngs: nnx.Rngs):
+                 affine: bool = True, rngs: Keys):
         init = jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal")
         self.row = nnx.Param(init(rngs.params(), (1, kernel, c_in, c_out), jnp.float32))
         self.col = nnx.Param(init(rngs.params(), (kernel, 1, c_out, c_out), jnp.float32))
@@ -436,7 +465,7 @@ class FactorizedReduce(nnx.Module):
     """
 
     def __init__(self, c_in: int, c_out: int, *, affine: bool = True, impl: str = "xla",
-                 rngs: nnx.Rngs):
+                 rngs: Keys):
         if c_out % 2:
             raise ValueError(f"FactorizedReduce needs an even c_out (two halves), got {c_out}")
         self.conv_a = Conv(c_in, c_out // 2, 1, stride=2, impl=impl, rngs=rngs)

@@ -169,3 +169,26 @@ def test_max_pool_routes_a_tie_to_the_first_tap():
             want[max(i - 1, 0), max(j - 1, 0)] += 1
     np.testing.assert_array_equal(np.asarray(g), want)
     assert float(g.sum()) == 16.0
+
+
+@pytest.mark.parametrize("seed", [0, "key", "raw"])
+def test_param_keys_hand_out_the_keys_of_nnx_rngs(seed):
+    """The same keys as ``nnx.Rngs(seed).params()`` (an int, a typed key or a raw key), so
+    a network built with either gets the same weights, also when the build is traced."""
+    if seed == "key":
+        seed = jax.random.key(3)
+    elif seed == "raw":
+        seed = jax.random.PRNGKey(3)
+    rngs, keys = nnx.Rngs(seed), ops.ParamKeys(seed)
+    for _ in range(3):
+        np.testing.assert_array_equal(jax.random.key_data(rngs.params()),
+                                      jax.random.key_data(keys.params()))
+
+    def weights(make_keys):  # three kernels drawn one after another
+        return lambda: nnx.state(ops.ResidualReduction(3, 4, rngs=make_keys()), nnx.Param)
+
+    for run in (lambda f: f(), lambda f: jax.jit(f)()):  # eager and traced builds
+        want = run(weights(lambda: nnx.Rngs(seed)))
+        got = run(weights(lambda: ops.ParamKeys(seed)))
+        for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from nas_jax import registry, retrain
+from nas_jax import ops, registry, retrain
 from nas_jax.config import ConfigError
 from nas_jax.evaluators.population import init_candidate, network_graphdef
 from nas_jax.retrain import (
@@ -128,7 +128,7 @@ def test_drop_path_in_the_darts_network(monkeypatch):
     assert np.all(np.isfinite(dropped)) and not np.allclose(dropped, plain)
     with pytest.raises(ValueError, match="needs key="):
         nnx.merge(graphdef, state)(x, train=True, drop_path_prob=0.2)
-    g_super, s_super = nnx.split(nnx.eval_shape(lambda: DartsNetwork(SMALL, rngs=nnx.Rngs(0))))
+    g_super, s_super = nnx.split(nnx.eval_shape(lambda: DartsNetwork(SMALL, rngs=ops.ParamKeys(0))))
     with pytest.raises(ValueError, match="supernet takes no key"):
         jax.eval_shape(lambda s: nnx.merge(g_super, s)(x, jnp.zeros((32, 8)),
                                                         key=jax.random.key(0)), s_super)
@@ -140,7 +140,7 @@ def test_drop_path_in_the_darts_network(monkeypatch):
     monkeypatch.setattr(darts_module, "drop_path",
                         lambda k, h, p: calls.append(h.shape) or real(k, h, p))
     three = DartsSpace(channels=2, num_cells=3, input_shape=(8, 8, 1), num_classes=3)
-    g3, s3 = nnx.split(nnx.eval_shape(lambda: DartsNetwork(three, arch, rngs=nnx.Rngs(0))))
+    g3, s3 = nnx.split(nnx.eval_shape(lambda: DartsNetwork(three, arch, rngs=ops.ParamKeys(0))))
     for train, expected in ((True, 16), (False, 0)):
         calls.clear()
         jax.eval_shape(lambda s, train=train: nnx.merge(g3, s)(
@@ -153,7 +153,7 @@ def test_drop_path_in_the_darts_network(monkeypatch):
 def test_auxiliary_head_shapes_and_parameter_count(side, grid):
     space = DartsSpace(channels=2, num_cells=3, input_shape=(side, side, 3), num_classes=5)
     arch = space.from_string(DARTS_V2)
-    model = nnx.eval_shape(lambda: DartsNetwork(space, arch, auxiliary=True, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: DartsNetwork(space, arch, auxiliary=True, rngs=ops.ParamKeys(0)))
     graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     net, aux = count_params(params)
     assert net == space.num_params(arch)
@@ -172,9 +172,9 @@ def test_auxiliary_head_shapes_and_parameter_count(side, grid):
 def test_auxiliary_head_errors():
     arch = SMALL.from_string(DARTS_V2)
     with pytest.raises(ValueError, match="at least 8x8"):
-        nnx.eval_shape(lambda: DartsNetwork(SMALL, arch, auxiliary=True, rngs=nnx.Rngs(0)))
+        nnx.eval_shape(lambda: DartsNetwork(SMALL, arch, auxiliary=True, rngs=ops.ParamKeys(0)))
     with pytest.raises(ValueError, match="needs a standalone"):
-        nnx.eval_shape(lambda: DartsNetwork(SMALL, auxiliary=True, rngs=nnx.Rngs(0)))
+        nnx.eval_shape(lambda: DartsNetwork(SMALL, auxiliary=True, rngs=ops.ParamKeys(0)))
 
 
 # ------------------------------------------------------------------- config

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from nas_jax import ops
 from nas_jax.train.steps import HostLoopTrainer, Recipe
 
 
@@ -123,7 +124,7 @@ class CompiledExecutor:
             self._programs.move_to_end(canonical)
             return self._programs[canonical]
         abstract = nnx.eval_shape(
-            lambda: build_network(self.space, canonical, rngs=nnx.Rngs(0), **self.options))
+            lambda: build_network(self.space, canonical, rngs=ops.ParamKeys(0), **self.options))
         graphdef, params, stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
         entry = (HostLoopTrainer(graphdef, self.recipe), params, stats)
         self._programs[canonical] = entry
@@ -185,7 +186,7 @@ class ComposedExecutor:
 
         self.space, self.recipe = space, recipe
         self.options = composed_options(space)
-        self.network = nnx.eval_shape(lambda: build_network(space, None, rngs=nnx.Rngs(0),
+        self.network = nnx.eval_shape(lambda: build_network(space, None, rngs=ops.ParamKeys(0),
                                                             **self.options))
         self.graph = ComposedGraph(self.network)
         self.init = supernet_init(space, **self.options)

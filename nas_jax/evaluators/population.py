@@ -33,6 +33,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from nas_jax import ops
 from nas_jax.evaluators.executors import CompiledExecutor, ComposedExecutor, LoopExecutor
 from nas_jax.spaces.darts import DartsSpace
 from nas_jax.spaces.macro import MacroCNNSpace, MLPSpace
@@ -99,7 +100,7 @@ def network_space_names() -> tuple[str, ...]:
     return tuple(NETWORKS)
 
 
-def build_network(space, arch=None, *, rngs: nnx.Rngs, **options) -> nnx.Module:
+def build_network(space, arch=None, *, rngs: ops.Keys, **options) -> nnx.Module:
     """The supernet (``arch=None``) or standalone network for a space; ``options`` go to the
     network's constructor (e.g. NB201's ``select``/``conv_impl``)."""
     for space_type, network in NETWORKS.values():
@@ -120,7 +121,7 @@ def init_candidate(space, arch, key: jax.Array, weights: jax.Array | None = None
     start. Cell spaces (NB201, DARTS) need no rescaling: their shapes do not change.
     """
     k_init, k_data = jax.random.split(key)
-    model = build_network(space, arch, rngs=nnx.Rngs(k_init), **options)
+    model = build_network(space, arch, rngs=ops.ParamKeys(k_init), **options)
     _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     if arch is None and weights is not None and isinstance(space, MacroCNNSpace | MLPSpace):
         params = match_standalone_init(space, params, weights)
@@ -129,7 +130,7 @@ def init_candidate(space, arch, key: jax.Array, weights: jax.Array | None = None
 
 def network_graphdef(space, arch=None, **options) -> nnx.GraphDef:
     """The network's graph definition, from an abstract build (no weights computed)."""
-    abstract = nnx.eval_shape(lambda: build_network(space, arch, rngs=nnx.Rngs(0), **options))
+    abstract = nnx.eval_shape(lambda: build_network(space, arch, rngs=ops.ParamKeys(0), **options))
     return nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
 
 

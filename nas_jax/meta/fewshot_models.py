@@ -40,7 +40,7 @@ class Conv4(nnx.Module):
     """
 
     def __init__(self, input_shape: tuple[int, int, int], channels: int, num_classes: int, *,
-                 rngs: nnx.Rngs):
+                 rngs: ops.Keys):
         if len(input_shape) != 3:
             raise ValueError(f"Conv4 input_shape must be (H, W, C), got {input_shape}")
         if channels < 1 or num_classes < 1:

@@ -33,6 +33,7 @@ import optax
 from flax import nnx, struct
 from jax.flatten_util import ravel_pytree
 
+from nas_jax import ops
 from nas_jax.data.tasks import Episode, EpisodeSampler
 from nas_jax.meta.fewshot_models import Conv4
 from nas_jax.spaces.darts import DartsSpace
@@ -139,7 +140,7 @@ def make_learner(key: jax.Array, kind: str, *, space: DartsSpace, conv_channels:
         raise ValueError(f"network_options {sorted(options)} are DartsNetwork options; a conv4 "
                          "learner takes none")
     k_init, k_alpha = jax.random.split(key)
-    rngs = nnx.Rngs(k_init)
+    rngs = ops.ParamKeys(k_init)
     arch = None
     if kind == "metanas":
         model = DartsNetwork(space, None, **{**DARTS_SEARCH_OPTIONS, **options}, rngs=rngs)

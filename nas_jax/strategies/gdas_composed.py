@@ -47,6 +47,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from nas_jax import ops
 from nas_jax.evaluators.executors import ComposedTrainer, composed_options
 from nas_jax.spaces.nb201 import NB201Space
 from nas_jax.strategies.collapse import beta_regularization
@@ -81,7 +82,7 @@ class ComposedGDAS:
                              "which the composed execution does not run")
         self.search = search
         self.network = nnx.eval_shape(lambda: build_network(
-            search.space, None, rngs=nnx.Rngs(0), **network_options(search)))
+            search.space, None, rngs=ops.ParamKeys(0), **network_options(search)))
         self.graph = ComposedGraph(self.network)
         self.trainer = ComposedTrainer(self.graph, self.network, Recipe(),
                                        tx=search.weight_optimizer())

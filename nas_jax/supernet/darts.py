@@ -136,7 +136,7 @@ class DartsCell(nnx.Module):
     def __init__(self, c_pp: int, c_p: int, channels: int, *, reduction: bool,
                  reduction_prev: bool, edge_ops, affine: bool, pool_bn: bool,
                  depthwise_impl: str, edge_execution: str = "unrolled", conv_impl: str = "xla",
-                 primitives: tuple[str, ...] = PRIMITIVES, rngs: nnx.Rngs):
+                 primitives: tuple[str, ...] = PRIMITIVES, rngs: ops.Keys):
         self.reduction = reduction
         self.primitives = tuple(primitives)
         self.edge_ops = edge_ops
@@ -288,7 +288,7 @@ class AuxiliaryHeadCIFAR(nnx.Module):
     leave a larger grid after the 2x2 conv, which is flattened into the linear layer."""
 
     def __init__(self, channels: int, spatial: tuple[int, int], num_classes: int, *,
-                 rngs: nnx.Rngs):
+                 rngs: ops.Keys):
         pooled = tuple((s - 5) // 3 + 1 for s in spatial)
         if min(pooled) < 2:
             raise ValueError(f"the auxiliary head needs feature maps of at least 8x8 where it "
@@ -310,7 +310,7 @@ class AuxiliaryHeadCIFAR(nnx.Module):
 
 
 def _make_op(name: str, c: int, stride: int, affine: bool, pool_bn: bool, depthwise_impl: str,
-             rngs: nnx.Rngs, conv_impl: str = "xla") -> nnx.Module | None:
+             rngs: ops.Keys, conv_impl: str = "xla") -> nnx.Module | None:
     """The module holding op ``name``'s weights/statistics, or None if it has neither."""
     conv = {"depthwise_impl": depthwise_impl, "conv_impl": conv_impl}
     if name in SEP_KERNEL:
@@ -361,7 +361,7 @@ class DartsNetwork(nnx.Module):
 
     def __init__(self, space: DartsSpace, arch=None, *, affine: bool = True,
                  pool_bn: bool = False, depthwise_impl: str = "auto", auxiliary: bool = False,
-                 edge_execution: str = "unrolled", conv_impl: str = "xla", rngs: nnx.Rngs):
+                 edge_execution: str = "unrolled", conv_impl: str = "xla", rngs: ops.Keys):
         if not isinstance(space, DartsSpace):
             raise ValueError(f"DartsNetwork needs a DartsSpace, got {type(space).__name__}")
         if edge_execution not in EDGE_EXECUTIONS:

@@ -41,7 +41,7 @@ from nas_jax.spaces.macro import ACTIVATIONS, CNN_GENES, MLP_GENES, MacroCNNSpac
 class ConvWeights(nnx.Module):
     """A kernel of ``shape`` (He-normal over all axes but the last) and a zero bias."""
 
-    def __init__(self, shape: tuple[int, ...], *, rngs: nnx.Rngs):
+    def __init__(self, shape: tuple[int, ...], *, rngs: ops.Keys):
         std = math.sqrt(2.0 / math.prod(shape[:-1]))
         self.kernel = nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32))
         self.bias = nnx.Param(jnp.zeros((shape[-1],), jnp.float32))
@@ -51,7 +51,7 @@ class MacroLayer(nnx.Module):
     """One layer's parameters: ``conv`` and, where a projection shortcut may be used, ``proj``."""
 
     def __init__(self, ndim: int, c_in: int, c_out: int, kernel: int, proj: bool, *,
-                 rngs: nnx.Rngs):
+                 rngs: ops.Keys):
         self.conv = ConvWeights((kernel,) * ndim + (c_in, c_out), rngs=rngs)
         self.proj = ConvWeights((c_in, c_out), rngs=rngs) if proj else None
 
@@ -105,7 +105,7 @@ class MacroCNNNetwork(nnx.Module):
         time); an ``int[5 * num_layers]`` architecture for a standalone network.
     """
 
-    def __init__(self, space: MacroCNNSpace, arch=None, *, rngs: nnx.Rngs):
+    def __init__(self, space: MacroCNNSpace, arch=None, *, rngs: ops.Keys):
         self.space = space
         self.is_supernet = arch is None
         c_in = space.input_shape[-1]
@@ -199,7 +199,7 @@ class MLPNetwork(nnx.Module):
         active layers exist).
     """
 
-    def __init__(self, space: MLPSpace, arch=None, *, rngs: nnx.Rngs):
+    def __init__(self, space: MLPSpace, arch=None, *, rngs: ops.Keys):
         self.space = space
         self.is_supernet = arch is None
         width = math.prod(space.input_shape)

@@ -31,7 +31,7 @@ class NB201Cell(nnx.Module):
 
     def __init__(self, channels: int, edge_ops: tuple[tuple[str, ...], ...], *,
                  select: str = "mixture", impl: str = "xla", op_names: tuple[str, ...] = OPS,
-                 rngs: nnx.Rngs):
+                 rngs: ops.Keys):
         if select not in SELECTS:
             raise ValueError(f"select={select!r}; allowed: {', '.join(SELECTS)}")
         self.edge_ops = edge_ops
@@ -116,7 +116,7 @@ class NB201Network(nnx.Module):
     """
 
     def __init__(self, space: NB201Space, arch=None, *, select: str = "mixture",
-                 conv_impl: str = "xla", rngs: nnx.Rngs):
+                 conv_impl: str = "xla", rngs: ops.Keys):
         if arch is None:
             edge_ops = tuple(space.ops for _ in EDGES)
         else:

@@ -163,7 +163,7 @@ def test_execution_choice():
         PopulationEvaluator(MLPSpace(input_shape=(4,), num_classes=2), TRAIN, VALID, RECIPE,
                             execution="composed")
     with pytest.raises(ValueError, match="no network"):
-        population.build_network(object(), rngs=nnx.Rngs(0))
+        population.build_network(object(), rngs=ops.ParamKeys(0))
 
 
 def test_registry_builds_the_population_evaluator():

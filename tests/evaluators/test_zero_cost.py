@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from nas_jax import registry
+from nas_jax import ops, registry
 from nas_jax.config import ConfigError, search_config, validate
 from nas_jax.evaluators import zero_cost as zc
 from nas_jax.spaces.nb201 import NB201Space
@@ -120,7 +120,7 @@ def test_naswot_supernet_equals_standalone_network(population):
     @jax.jit
     def standalone_kernel(params, stats, x):
         sub_graph, sub_params, sub_stats = nnx.split(
-            NB201Network(SPACE, arch, rngs=nnx.Rngs(0)), nnx.Param, nnx.BatchStat)
+            NB201Network(SPACE, arch, rngs=ops.ParamKeys(0)), nnx.Param, nnx.BatchStat)
         model = nnx.merge(sub_graph, extract_standalone(params, sub_params),
                           extract_standalone(stats, sub_stats), copy=True)
         sites, records = zc.NASWOT_SITES[NB201Network], []

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from nas_jax import ops
 from nas_jax.spaces.nb201 import EDGES, OPS, NB201Space
 from nas_jax.supernet.nb201 import NB201Network
 
@@ -158,7 +159,7 @@ def test_canonical_classes_over_the_whole_space():
 
 
 def count_params(space, arch):
-    model = nnx.eval_shape(lambda: NB201Network(space, arch, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: NB201Network(space, arch, rngs=ops.ParamKeys(0)))
     return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from nas_jax import ops
 from nas_jax.evaluators.population import build_network, init_candidate
 from nas_jax.spaces.nb201 import OPS, NB201Space
 from nas_jax.supernet.composed import (
@@ -50,7 +51,7 @@ def supernet():
         params, stats, _ = init_candidate(SPACE, None, jax.random.key(1))
     x = jax.random.normal(jax.random.key(2), (6, 8, 8, 2))
     y = jnp.arange(6) % 4
-    network = nnx.eval_shape(lambda: build_network(SPACE, None, rngs=nnx.Rngs(0)))
+    network = nnx.eval_shape(lambda: build_network(SPACE, None, rngs=ops.ParamKeys(0)))
     graphdef = nnx.split(network, nnx.Param, nnx.BatchStat)[0]
 
     @jax.jit
@@ -105,7 +106,7 @@ def test_composed_step_equals_the_supernet(supernet, arch):
 
 def test_units_share_programs_across_edges_and_cells():
     space = NB201Space(channels=2, cells_per_stage=2, input_shape=(8, 8, 1), num_classes=3)
-    network = nnx.eval_shape(lambda: build_network(space, None, rngs=nnx.Rngs(0)))
+    network = nnx.eval_shape(lambda: build_network(space, None, rngs=ops.ParamKeys(0)))
     graph = ComposedGraph(network)
     plan = nb201_plan(network, np.array([3, 3, 3, 3, 3, 3]))
     units = [n.unit for n in plan if not isinstance(n.unit, str)]

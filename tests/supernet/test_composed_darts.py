@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from nas_jax import ops
 from nas_jax.evaluators.population import build_network, init_candidate
 from nas_jax.spaces.darts import PRIMITIVES, DartsSpace, decision_index
 from nas_jax.supernet.composed import (
@@ -68,14 +69,14 @@ class _Reference:
         self.space, self.options = space, options
         self.x = jax.random.normal(jax.random.key(2), (6, 8, 8, 3))
         self.y = jnp.arange(6) % 5
-        self.network = nnx.eval_shape(lambda: build_network(space, None, rngs=nnx.Rngs(0),
+        self.network = nnx.eval_shape(lambda: build_network(space, None, rngs=ops.ParamKeys(0),
                                                             **options))
         self.graph = ComposedGraph(self.network)
 
     def standalone(self, arch):
         """The loss, gradients, new statistics and evaluation logits of ``arch``'s standalone
         network."""
-        abstract = nnx.eval_shape(lambda: build_network(self.space, arch, rngs=nnx.Rngs(0),
+        abstract = nnx.eval_shape(lambda: build_network(self.space, arch, rngs=ops.ParamKeys(0),
                                                         **self.options))
         graphdef, params_t, stats_t = nnx.split(abstract, nnx.Param, nnx.BatchStat)
         params = extract_standalone(self.params, params_t)

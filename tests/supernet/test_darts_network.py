@@ -61,7 +61,7 @@ def abstract(arch=None, space=SPACE, affine=True, pool_bn=False, depthwise_impl=
     model = nnx.eval_shape(lambda: DartsNetwork(space, arch, affine=affine, pool_bn=pool_bn,
                                                 depthwise_impl=depthwise_impl,
                                                 edge_execution=edge_execution,
-                                                rngs=nnx.Rngs(0)))
+                                                rngs=ops.ParamKeys(0)))
     return nnx.split(model)
 
 
@@ -175,7 +175,7 @@ def test_max_pool_pads_with_minus_infinity():
 
 def test_factorized_reduce_halves_with_a_shifted_second_half():
     graphdef, state = nnx.split(nnx.eval_shape(lambda: ops.FactorizedReduce(3, 4,
-                                                                            rngs=nnx.Rngs(0))))
+                                                                            rngs=ops.ParamKeys(0))))
     rng = np.random.default_rng(0)
     state = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), jnp.float32), state)
     # Eval-mode BN with var 1: (x - mean) / sqrt(1 + eps) * scale + bias.
@@ -195,7 +195,7 @@ def test_factorized_reduce_halves_with_a_shifted_second_half():
                                atol=1e-5)
     assert apply(np.ones((2, 7, 7, 3), np.float32)).shape == (2, 4, 4, 4)  # ceil(7 / 2)
     with pytest.raises(ValueError, match="even c_out"):
-        ops.FactorizedReduce(3, 5, rngs=nnx.Rngs(0))
+        ops.FactorizedReduce(3, 5, rngs=ops.ParamKeys(0))
 
 
 # -------------------------------------------------------------- parameter counts
@@ -433,9 +433,9 @@ def test_scanned_edges_equal_unrolled_edges(vmapped_train_call):
     np.testing.assert_allclose(s_logits, logits, rtol=1e-5, atol=1e-5)
     assert_same_stats(s_stats, stats)
     with pytest.raises(ValueError, match="edge_execution='scan' is for the supernet"):
-        DartsNetwork(SPACE, V2, edge_execution="scan", rngs=nnx.Rngs(0))
+        DartsNetwork(SPACE, V2, edge_execution="scan", rngs=ops.ParamKeys(0))
     with pytest.raises(ValueError, match="edge_execution='vmap'; allowed: unrolled, scan"):
-        DartsNetwork(SPACE, None, edge_execution="vmap", rngs=nnx.Rngs(0))
+        DartsNetwork(SPACE, None, edge_execution="vmap", rngs=ops.ParamKeys(0))
 
 
 def test_scanned_edges_gradients_match_finite_differences(search_form_f64):
@@ -508,9 +508,9 @@ def test_call_errors():
     with pytest.raises(ValueError, match="without weights"):
         sa(X, w)
     with pytest.raises(ValueError, match="decision 1 has value 8"):
-        DartsNetwork(SPACE, np.r_[0, 8, np.zeros(30, int)], rngs=nnx.Rngs(0))
+        DartsNetwork(SPACE, np.r_[0, 8, np.zeros(30, int)], rngs=ops.ParamKeys(0))
     with pytest.raises(ValueError, match="needs a DartsSpace"):
-        DartsNetwork(object(), rngs=nnx.Rngs(0))
+        DartsNetwork(object(), rngs=ops.ParamKeys(0))
 
 
 def test_registered_for_population_training():
@@ -527,12 +527,12 @@ def test_depthwise_impl_reaches_every_depthwise_conv():
     auto = "slices" if jax.default_backend() == "cpu" else "xla"
     for impl, expected in (("auto", auto), ("xla", "xla"), ("slices", "slices")):
         model = nnx.eval_shape(lambda impl=impl: DartsNetwork(
-            ONE_CELL, MIXED, depthwise_impl=impl, rngs=nnx.Rngs(0)))
+            ONE_CELL, MIXED, depthwise_impl=impl, rngs=ops.ParamKeys(0)))
         found = [m.impl for _, m in nnx.iter_graph(model) if isinstance(m, ops.DepthwiseConv)]
         assert len(found) == 4  # MIXED's reduce cell: a sep conv (2) and two dil convs (1)
         assert set(found) == {expected}
     with pytest.raises(ValueError, match="depthwise_impl='fft'"):
-        DartsNetwork(ONE_CELL, V2, depthwise_impl="fft", rngs=nnx.Rngs(0))
+        DartsNetwork(ONE_CELL, V2, depthwise_impl="fft", rngs=ops.ParamKeys(0))
 
 
 def test_conv_impl_is_checked_and_keeps_the_layout():
@@ -540,8 +540,8 @@ def test_conv_impl_is_checked_and_keeps_the_layout():
     numbers: tests/supernet/test_composed_darts.py, whose composed units use ``mixed``)."""
     _, state = abstract()
     mixed = nnx.eval_shape(lambda: DartsNetwork(SPACE, None, depthwise_impl="xla",
-                                                conv_impl="mixed", rngs=nnx.Rngs(0)))
+                                                conv_impl="mixed", rngs=ops.ParamKeys(0)))
     assert jax.tree.structure(nnx.state(mixed)) == jax.tree.structure(state)
     assert mixed.cells[0].preprocess1.conv.impl == "mixed"
     with pytest.raises(ValueError, match="conv_impl='fft'; allowed: xla, matmul"):
-        DartsNetwork(SPACE, None, conv_impl="fft", rngs=nnx.Rngs(0))
+        DartsNetwork(SPACE, None, conv_impl="fft", rngs=ops.ParamKeys(0))

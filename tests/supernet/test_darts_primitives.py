@@ -84,7 +84,7 @@ def test_op_set_errors_name_the_fix():
 def test_fac_conv_is_a_separable_5x5_convolution():
     """Stride 1: ReLU, 1x5 then 5x1 equals one 5x5 convolution whose kernel is the product of
     the two (zero padding composes); stride 2 halves with ceil like every strided op."""
-    block = ops.FacConv(3, 4, 5, affine=False, rngs=nnx.Rngs(0))
+    block = ops.FacConv(3, 4, 5, affine=False, rngs=ops.ParamKeys(0))
     x = RNG.normal(size=(2, 7, 6, 3)).astype(np.float32)
     row, col = np.asarray(block.row[...]), np.asarray(block.col[...])
     kernel = np.einsum("jab,ibc->ijac", row[0], col[:, 0])  # [5, 5, 3, 4]
@@ -93,7 +93,7 @@ def test_fac_conv_is_a_separable_5x5_convolution():
     mean, var = ref.mean((0, 1, 2)), ref.var((0, 1, 2))
     np.testing.assert_allclose(block(x, True), (ref - mean) / np.sqrt(var + ops.BN_EPS),
                                rtol=1e-4, atol=1e-4)
-    strided = ops.FacConv(3, 3, 5, stride=2, rngs=nnx.Rngs(0))
+    strided = ops.FacConv(3, 3, 5, stride=2, rngs=ops.ParamKeys(0))
     assert strided(x, True).shape == (2, 4, 3, 3)
 
 
@@ -101,7 +101,7 @@ def test_fac_conv_is_a_separable_5x5_convolution():
 def _abstract(space, arch=None, edge_execution="unrolled"):
     model = nnx.eval_shape(lambda: DartsNetwork(space, arch, depthwise_impl="xla",
                                                 edge_execution=edge_execution,
-                                                rngs=nnx.Rngs(0)))
+                                                rngs=ops.ParamKeys(0)))
     return nnx.split(model)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from nas_jax import ops
 from nas_jax.evaluators.population import init_candidate, network_graphdef
 from nas_jax.spaces.macro import MacroCNNSpace, MLPSpace
 from nas_jax.supernet.macro import (
@@ -59,7 +60,8 @@ def inputs(space, seed=1):
 def random_params(space, network, arch=None, seed=0):
     """A network's graphdef and parameters with random weights and biases (numpy-filled:
     cheaper than compiling the initialisers)."""
-    graphdef, params = nnx.split(nnx.eval_shape(lambda: network(space, arch, rngs=nnx.Rngs(0))))
+    abstract = nnx.eval_shape(lambda: network(space, arch, rngs=ops.ParamKeys(0)))
+    graphdef, params = nnx.split(abstract)
     rng = np.random.default_rng(seed)
     return graphdef, jax.tree.map(
         lambda a: jnp.asarray(0.6 * rng.normal(size=a.shape).astype(np.float32)), params)
@@ -117,12 +119,12 @@ def test_standalone_has_the_space_parameter_count(name):
     space, network = SPACES[name]
     for i in range(20):
         arch = np.asarray(space.sample(jax.random.key(i)))
-        model = nnx.eval_shape(lambda a=arch: network(space, a, rngs=nnx.Rngs(0)))
+        model = nnx.eval_shape(lambda a=arch: network(space, a, rngs=ops.ParamKeys(0)))
         count = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
         assert count == space.num_params(arch), space.to_string(arch)
     # A 1x1-channel stride-1 skip is an identity (no parameters); a strided one projects.
     a = CNN1D.from_string("conv(1,k3,s1,relu,skip)|conv(1,k3,s2,relu,skip)|conv(1,k3,s1,relu)")
-    model = nnx.eval_shape(lambda: MacroCNNNetwork(CNN1D, a, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: MacroCNNNetwork(CNN1D, a, rngs=ops.ParamKeys(0)))
     assert model.layers[0].proj is None and model.layers[1].proj is not None
 
 
@@ -186,14 +188,14 @@ def test_soft_weights_gradients_are_finite_and_reach_every_decision(name):
 def test_supernet_rejects_missing_or_misshaped_weights():
     for name in ("cnn2d", "mlp"):
         space, network = SPACES[name]
-        model = nnx.eval_shape(lambda s=space, n=network: n(s, rngs=nnx.Rngs(0)))
+        model = nnx.eval_shape(lambda s=space, n=network: n(s, rngs=ops.ParamKeys(0)))
         assert model.is_supernet
         with pytest.raises(ValueError, match=r"supernet needs weights float\["):
             model(inputs(space))
         with pytest.raises(ValueError, match="got \\(2, 3\\)"):
             model(inputs(space), jnp.zeros((2, 3)))
         with pytest.raises(ValueError, match="decision 0"):
-            network(space, np.full(space.num_decisions, 9), rngs=nnx.Rngs(0))
+            network(space, np.full(space.num_decisions, 9), rngs=ops.ParamKeys(0))
 
 
 def test_match_standalone_init_gives_the_standalone_init_scale():
@@ -204,7 +206,7 @@ def test_match_standalone_init_gives_the_standalone_init_scale():
                            compiler_options=FAST_COMPILE)(jax.random.key(0))
     fitted = match_standalone_init(space, params, space.one_hot(jnp.asarray(arch)))
     _, sa_params = nnx.split(nnx.eval_shape(lambda: MacroCNNNetwork(space, arch,
-                                                                    rngs=nnx.Rngs(0))))
+                                                                    rngs=ops.ParamKeys(0))))
     crop = extract_standalone(fitted, sa_params)
     # Layer 1: 1x1 over 16 channels (He: std sqrt(2/16)), not 5x5 over 64 (sqrt(2/1600)).
     k1 = np.asarray(crop["layers"][1]["conv"]["kernel"][...])

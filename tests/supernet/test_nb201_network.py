@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from nas_jax import ops
 from nas_jax.spaces.nb201 import CONV_KERNEL, OPS, NB201Space
 from nas_jax.supernet.nb201 import NB201Network, extract_standalone, one_hot_weights
 
@@ -26,7 +27,7 @@ def random_state(arch=None, seed=0):
     parameter shape, which costs more than everything else in this file.
     """
     graphdef, state = nnx.split(nnx.eval_shape(lambda: NB201Network(SPACE, arch,
-                                                                    rngs=nnx.Rngs(0))))
+                                                                    rngs=ops.ParamKeys(0))))
     rng = np.random.default_rng(seed)
 
     def fill(path, x):
@@ -100,14 +101,14 @@ def test_zero_weight_removes_an_operation(supernet):
 
 
 def test_supernet_needs_weights():
-    model = nnx.eval_shape(lambda: NB201Network(SPACE, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: NB201Network(SPACE, rngs=ops.ParamKeys(0)))
     assert model.is_supernet
     with pytest.raises(ValueError, match="weights"):
         model(X)
-    sa = nnx.eval_shape(lambda: NB201Network(SPACE, (1,) * 6, rngs=nnx.Rngs(0)))
+    sa = nnx.eval_shape(lambda: NB201Network(SPACE, (1,) * 6, rngs=ops.ParamKeys(0)))
     assert not sa.is_supernet
     with pytest.raises(ValueError, match="decision 0"):
-        NB201Network(SPACE, (5,) * 6, rngs=nnx.Rngs(0))
+        NB201Network(SPACE, (5,) * 6, rngs=ops.ParamKeys(0))
 
 
 def test_gradient_wrt_mixture_weights_matches_finite_differences(supernet):
@@ -154,7 +155,7 @@ def test_switch_select_equals_mixture_for_one_hot_weights(supernet, conv_impl):
     mixture's logits, batch statistics and parameter gradients for one-hot weights."""
     state, _, mixture = supernet
     graphdef = nnx.split(nnx.eval_shape(lambda: NB201Network(
-        SPACE, select="switch", conv_impl=conv_impl, rngs=nnx.Rngs(0))))[0]
+        SPACE, select="switch", conv_impl=conv_impl, rngs=ops.ParamKeys(0))))[0]
     r = jax.random.normal(jax.random.key(5), (4, 3))
 
     def switched(state, weights, x, train):
@@ -200,7 +201,7 @@ def test_op_subset_supernet_is_the_full_supernet_on_its_columns(supernet):
     sub_space = NB201Space(channels=2, cells_per_stage=1, input_shape=(8, 8, 1),
                            num_classes=3, ops=("none", "skip_connect", "nor_conv_3x3"))
     graphdef, sub_state = nnx.split(nnx.eval_shape(lambda: NB201Network(sub_space, None,
-                                                                        rngs=nnx.Rngs(0))))
+                                                                        rngs=ops.ParamKeys(0))))
     sub_state = extract_standalone(state, sub_state)
     cell_ops = {str(p[2]) for p, _ in nnx.to_flat_state(sub_state) if p[:2] == ("layers", 0)}
     assert cell_ops == {f"e{e}_nor_conv_3x3" for e in range(6)}
