@@ -178,9 +178,11 @@ class ComposedExecutor:
       space: the NB201 search space.
       recipe: the training recipe.
       tx: the weight optimizer (default: the recipe's), e.g. a search's.
+      emitters: how the unit programs compile (``supernet.composed.unit_compiler_options``).
     """
 
-    def __init__(self, space, recipe: Recipe, tx: optax.GradientTransformation | None = None):
+    def __init__(self, space, recipe: Recipe, tx: optax.GradientTransformation | None = None,
+                 emitters: str = "older"):
         from nas_jax.evaluators.population import build_network
         from nas_jax.supernet.composed import ComposedGraph
 
@@ -188,7 +190,7 @@ class ComposedExecutor:
         self.options = composed_options(space)
         self.network = nnx.eval_shape(lambda: build_network(space, None, rngs=ops.ParamKeys(0),
                                                             **self.options))
-        self.graph = ComposedGraph(self.network)
+        self.graph = ComposedGraph(self.network, emitters)
         self.init = supernet_init(space, **self.options)
         self.trainer = ComposedTrainer(self.graph, self.network, recipe, tx)
 

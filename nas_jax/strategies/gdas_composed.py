@@ -70,9 +70,11 @@ class ComposedGDAS:
     through the composed execution. ``prepare(state)``, then ``step(state, train_batch,
     valid_batch) -> (state, metrics)`` as ``search.step``, then ``restore(state, template)``.
     ``plan_cache``: how many sampled architectures' plans are kept (DARTS samples a new one
-    almost every step)."""
+    almost every step). ``emitters``: how the unit programs compile
+    (``supernet.composed.unit_compiler_options``; ``"older"``: steps 20-25% faster on CPU
+    for a few seconds more of compiling, docs/benchmarks.md)."""
 
-    def __init__(self, search: GradientSearch, plan_cache: int = 4096):
+    def __init__(self, search: GradientSearch, plan_cache: int = 4096, emitters: str = "older"):
         from nas_jax.evaluators.population import build_network
         from nas_jax.supernet.composed import ComposedGraph
 
@@ -83,7 +85,7 @@ class ComposedGDAS:
         self.search = search
         self.network = nnx.eval_shape(lambda: build_network(
             search.space, None, rngs=ops.ParamKeys(0), **network_options(search)))
-        self.graph = ComposedGraph(self.network)
+        self.graph = ComposedGraph(self.network, emitters)
         self.trainer = ComposedTrainer(self.graph, self.network, Recipe(),
                                        tx=search.weight_optimizer())
         arch_tx = search.arch_optimizer()

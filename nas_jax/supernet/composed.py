@@ -95,9 +95,25 @@ class Node:
     scales: tuple[int, ...] = ()
 
 
-@jax.jit
-def pullback(vjp, g):
+def _pullback(vjp, g):
     return vjp(g)
+
+
+pullback = jax.jit(_pullback)
+
+# XLA:CPU's older (LLVM IR) fusion emitters, as per-program compiler options: the units'
+# programs ran 10-25% faster with them (composed random-path and GDAS steps, NB201 C=16,
+# N=5, batch 64, 2 cores), while a large fused program (DARTS' mixture step) ran slower
+# and compiled twice as long with them (docs/benchmarks.md). Only for CPU backends.
+OLDER_CPU_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
+
+
+def unit_compiler_options(emitters: str) -> dict | None:
+    """Compiler options for a composed graph's unit programs: ``emitters="older"`` uses
+    ``OLDER_CPU_EMITTERS`` on a CPU backend, ``"default"`` XLA's defaults."""
+    if emitters not in ("older", "default"):
+        raise ValueError(f"emitters={emitters!r}; allowed: older, default")
+    return OLDER_CPU_EMITTERS if emitters == "older" and jax.default_backend() == "cpu" else None
 
 
 @jax.jit
@@ -138,7 +154,8 @@ class _Programs:
     one stage shares them. Weights cross the jit boundary as tuples of arrays (flattened
     in C++; flattening ``nnx.State`` costs Python time on every call)."""
 
-    def __init__(self, graphdefs: tuple, treedefs: tuple, fn: Callable):
+    def __init__(self, graphdefs: tuple, treedefs: tuple, fn: Callable,
+                 compiler_options: dict | None = None):
         def run(params, stats, inputs, train):
             modules = tuple(nnx.merge(g, jax.tree.unflatten(tp, p), jax.tree.unflatten(ts, s),
                                       copy=True)
@@ -157,11 +174,12 @@ class _Programs:
                                           has_aux=True)
             return out, new_stats, vjp
 
-        self.train = jax.jit(forward_vjp)
+        jit = functools.partial(jax.jit, compiler_options=compiler_options)
+        self.train = jit(forward_vjp)
         # The VJP with respect to the inputs only: a backward pass that needs no weight
         # gradients (GDAS' architecture step) skips the kernels' gradients.
-        self.train_inputs = jax.jit(forward_vjp_inputs)
-        self.eval = jax.jit(lambda params, stats, inputs: run(params, stats, inputs, False)[0])
+        self.train_inputs = jit(forward_vjp_inputs)
+        self.eval = jit(lambda params, stats, inputs: run(params, stats, inputs, False)[0])
 
 
 class ComposedGraph:
@@ -171,13 +189,18 @@ class ComposedGraph:
     ``nnx.State``), one entry per unit module of the network (``split_weights`` /
     ``to_units``; ``from_units`` writes them back into a whole network's state). A plan
     reads the entries of its own units. The programs are cached by unit structure for the
-    graph's lifetime.
+    graph's lifetime. ``emitters`` (``unit_compiler_options``): ``"older"`` compiles the
+    units and their pullbacks with XLA:CPU's older fusion emitters (faster steps, slower
+    first compiles), ``"default"`` with XLA's defaults.
     """
 
-    def __init__(self, model: nnx.Module):
+    def __init__(self, model: nnx.Module, emitters: str = "default"):
         self._model = model  # an abstract network: the source of graph definitions
         self._programs: dict = {}
         self._by_unit: dict = {}
+        self._options = unit_compiler_options(emitters)
+        self._pullback = jax.jit(_pullback, compiler_options=self._options) \
+            if self._options else pullback
 
     def _split(self, path: tuple):
         graphdef, params, stats = nnx.split(sub_module(self._model, path), nnx.Param,
@@ -191,7 +214,7 @@ class ComposedGraph:
         graphdefs, treedefs = zip(*(self._split(p) for p in unit.paths)) if unit.paths else ((), ())
         key = (graphdefs, treedefs, unit.fn)
         if key not in self._programs:
-            self._programs[key] = _Programs(graphdefs, treedefs, unit.fn)
+            self._programs[key] = _Programs(graphdefs, treedefs, unit.fn, self._options)
         self._by_unit[unit] = self._programs[key]
         return self._programs[key]
 
@@ -303,7 +326,7 @@ class ComposedGraph:
                 continue
             if node.unit == "sum":
                 if node in vjps:  # a scaled sum
-                    d_s, d_inputs = pullback(vjps[node], g_out)
+                    d_s, d_inputs = self._pullback(vjps[node], g_out)
                     d_scales = _add(d_scales, d_s)
                     for i, d in zip(node.inputs, d_inputs):
                         accumulate(cot, i, d)
@@ -312,11 +335,11 @@ class ComposedGraph:
                     accumulate(cot, i, g_out)
                 continue
             if weight_grads:
-                d_params, d_inputs = pullback(vjps[node], g_out)
+                d_params, d_inputs = self._pullback(vjps[node], g_out)
                 for p, d in zip(node.unit.paths, d_params):
                     accumulate(grads, path_key(p), d)
             else:
-                d_inputs, = pullback(vjps[node], g_out)
+                d_inputs, = self._pullback(vjps[node], g_out)
             for i, d in zip(node.inputs, d_inputs):
                 accumulate(cot, i, d)
         return grads if d_scales is None else (grads, d_scales)

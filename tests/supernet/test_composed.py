@@ -11,6 +11,7 @@ from nas_jax import ops
 from nas_jax.evaluators.population import build_network, init_candidate
 from nas_jax.spaces.nb201 import OPS, NB201Space
 from nas_jax.supernet.composed import (
+    OLDER_CPU_EMITTERS,
     ComposedGraph,
     nb201_live_edges,
     nb201_plan,
@@ -18,6 +19,7 @@ from nas_jax.supernet.composed import (
     path_key,
     pullback,
     sub_state,
+    unit_compiler_options,
 )
 from nas_jax.train.steps import cross_entropy
 
@@ -70,12 +72,14 @@ def supernet():
 def test_composed_step_equals_the_supernet(supernet, arch):
     """Loss, every parameter gradient and the updated batch statistics of one training
     forward + backward equal the mixture supernet's with one-hot weights (same XLA
-    convolutions, so to float rounding)."""
+    convolutions, so to float rounding). The units compile with XLA:CPU's older fusion
+    emitters, as the executors' do (the supernet with XLA's defaults outside the suite's
+    settings: ``NAS_JAX_TEST_XLA_OPT=1``)."""
     params, stats, x, y, network, graphdef, value_and_grad = supernet
     weights = SPACE.one_hot(jnp.asarray(arch))
     (want_loss, want_stats), want_grads = value_and_grad(params, stats, weights)
 
-    graph = ComposedGraph(network)
+    graph = ComposedGraph(network, "older")
     paths = nb201_unit_paths(network)
     p, s = graph.split_weights(paths, params, stats)
     plan = nb201_plan(network, np.asarray(arch))
@@ -113,3 +117,12 @@ def test_units_share_programs_across_edges_and_cells():
     conv_units = [u for u in units if "nor_conv_3x3" in path_key(u.paths[0])]
     assert len(conv_units) == 6 * 6  # 6 cells x 6 edges
     assert len({id(graph.programs(u)) for u in conv_units}) == 1
+
+
+def test_unit_emitters_are_named():
+    assert unit_compiler_options("default") is None
+    want = OLDER_CPU_EMITTERS if jax.default_backend() == "cpu" else None
+    assert unit_compiler_options("older") == want
+    with pytest.raises(ValueError, match="emitters='new'; allowed: older, default"):
+        ComposedGraph(nnx.eval_shape(lambda: build_network(SPACE, None, rngs=ops.ParamKeys(0))),
+                      "new")
