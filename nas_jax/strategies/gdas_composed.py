@@ -71,8 +71,7 @@ class ComposedGDAS:
     valid_batch) -> (state, metrics)`` as ``search.step``, then ``restore(state, template)``.
     ``plan_cache``: how many sampled architectures' plans are kept (DARTS samples a new one
     almost every step). ``emitters``: how the unit programs compile
-    (``supernet.composed.unit_compiler_options``; ``"older"``: steps 20-25% faster on CPU
-    for a few seconds more of compiling, docs/benchmarks.md)."""
+    (``supernet.composed.unit_compiler_options``)."""
 
     def __init__(self, search: GradientSearch, plan_cache: int = 4096, emitters: str = "older"):
         from nas_jax.evaluators.population import build_network

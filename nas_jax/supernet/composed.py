@@ -101,10 +101,10 @@ def _pullback(vjp, g):
 
 pullback = jax.jit(_pullback)
 
-# XLA:CPU's older (LLVM IR) fusion emitters, as per-program compiler options: the units'
-# programs ran 10-25% faster with them (composed random-path and GDAS steps, NB201 C=16,
-# N=5, batch 64, 2 cores), while a large fused program (DARTS' mixture step) ran slower
-# and compiled twice as long with them (docs/benchmarks.md). Only for CPU backends.
+# XLA:CPU's older (LLVM IR) fusion emitters, as per-program compiler options: with them
+# the composed random-path and GDAS steps (NB201 C=16, N=5, batch 64, 2 cores) ran
+# 1.45x and 1.35x faster, their first calls shorter, while a large fused program (DARTS'
+# mixture step) ran slower and compiled twice as long (docs/benchmarks.md). CPU only.
 OLDER_CPU_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
 
 
@@ -190,11 +190,11 @@ class ComposedGraph:
     ``to_units``; ``from_units`` writes them back into a whole network's state). A plan
     reads the entries of its own units. The programs are cached by unit structure for the
     graph's lifetime. ``emitters`` (``unit_compiler_options``): ``"older"`` compiles the
-    units and their pullbacks with XLA:CPU's older fusion emitters (faster steps, slower
-    first compiles), ``"default"`` with XLA's defaults.
+    units and their pullbacks with XLA:CPU's older fusion emitters, ``"default"`` with
+    XLA's defaults.
     """
 
-    def __init__(self, model: nnx.Module, emitters: str = "default"):
+    def __init__(self, model: nnx.Module, emitters: str = "older"):
         self._model = model  # an abstract network: the source of graph definitions
         self._programs: dict = {}
         self._by_unit: dict = {}
