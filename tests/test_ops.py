@@ -125,6 +125,36 @@ def _reduce_window_max(x, stride):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [5, 6])
+def test_avg_pool_equals_the_loop_definition_and_its_gradient_the_3x3_window(stride, size):
+    """count_include_pad=False by its definition (a loop over windows, float64), and the
+    separable sums' gradient equals the one 3x3 reduce_window's; odd sizes and stride 2."""
+    x = jax.random.normal(jax.random.key(size), (2, size, size, 3))
+    xs = np.asarray(x, np.float64)
+    out = (size - 1) // stride + 1
+    want = np.zeros((2, out, out, 3))
+    for i in range(out):
+        for j in range(out):
+            r, c = i * stride, j * stride
+            window = xs[:, max(r - 1, 0):r + 2, max(c - 1, 0):c + 2]
+            want[:, i, j] = window.mean(axis=(1, 2))
+    np.testing.assert_allclose(ops.avg_pool_3x3(x, stride), want, rtol=1e-5, atol=1e-6)
+
+    def window_3x3(x):
+        pad, window = ((0, 0), (1, 1), (1, 1), (0, 0)), (1, 3, 3, 1)
+        strides = (1, stride, stride, 1)
+        total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, pad)
+        count = jax.lax.reduce_window(jnp.ones_like(x), 0.0, jax.lax.add, window, strides, pad)
+        return total / count
+
+    w = jax.random.normal(jax.random.key(1), want.shape)
+    grad = jax.grad(lambda x: jnp.sum(w * ops.avg_pool_3x3(x, stride)))(x)
+    np.testing.assert_allclose(grad, jax.grad(lambda x: jnp.sum(w * window_3x3(x)))(x),
+                               rtol=1e-5, atol=1e-6)
+    assert float(jnp.abs(grad).min()) > 0  # every input reaches some window
+
+
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("size", [6, 7])
 def test_max_pool_gradients_equal_reduce_window_without_ties(stride, size):
     """The custom JVP's gradient and Hessian-vector product equal XLA's reduce_window
