@@ -141,6 +141,26 @@ class GradientSearch:
         base = DARTS_SEARCH_OPTIONS if isinstance(self.space, DartsSpace) else {}
         return {**base, **dict(self.network_options)}
 
+    @property
+    def weight_options(self) -> dict:
+        """The supernet's options in the weight step: ``options``, and on CPU for NB201's
+        mixture supernet (no ``conv_impl`` or ``select`` among ``network_options``) the
+        convolutions' kernel gradients summed over batch chunks (``ops.conv2d``'s
+        ``chunked``; the same numbers up to rounding).
+
+        The weight step is the only pass that computes kernel gradients, and XLA:CPU's are
+        slow at NB201's sizes. Measured side by side (docs/benchmarks.md, "The average pool
+        and chunked kernel gradients"): a DARTS first-order step 2.51-2.70 s against
+        2.75-2.98 s, its first call 72 s against 54 s. The architecture pass keeps XLA's
+        convolutions: it needs no kernel gradient, and forward-mode derivatives (the Hessian
+        eigenvalue's Hessian-vector products) do not pass ``chunked``'s custom VJP.
+        """
+        opts = self.options
+        if (isinstance(self.space, NB201Space) and jax.default_backend() == "cpu"
+                and not {"conv_impl", "select"} & set(opts)):
+            return {**opts, "conv_impl": "chunked"}
+        return opts
+
     def learning_rate_at(self, step: jax.Array) -> jax.Array:
         """The weight learning rate at ``step`` (cosine from ``learning_rate`` to the min)."""
         t = jnp.clip(step / self.total_steps, 0.0, 1.0)
@@ -179,20 +199,29 @@ class GradientSearch:
         """The supernet's graph definition (built once, abstractly)."""
         return network_graphdef(self.space, None, **self.options)
 
-    def apply(self, params, stats, weights: jax.Array, x: jax.Array, train: bool = True):
+    @functools.cached_property
+    def weight_graphdef(self) -> nnx.GraphDef:
+        """The weight step's graph definition (``weight_options``; the same parameters)."""
+        if self.weight_options == self.options:
+            return self.graphdef
+        return network_graphdef(self.space, None, **self.weight_options)
+
+    def apply(self, params, stats, weights: jax.Array, x: jax.Array, train: bool = True,
+              graphdef: nnx.GraphDef | None = None):
         """``(logits, new_stats)`` of the supernet; ``train``: batch statistics (the search),
-        else the running ones (evaluation)."""
-        model = nnx.merge(self.graphdef, params, stats, copy=True)
+        else the running ones (evaluation); ``graphdef``: ``self.graphdef`` unless given."""
+        model = nnx.merge(graphdef or self.graphdef, params, stats, copy=True)
         if isinstance(self.space, DartsSpace):
             logits = model(x, edge_weights=weights, train=train)
         else:
             logits = model(x, weights, train=train)
         return logits, nnx.state(model, nnx.BatchStat)
 
-    def loss(self, params, stats, weights: jax.Array, batch) -> tuple[jax.Array, tuple]:
+    def loss(self, params, stats, weights: jax.Array, batch,
+             graphdef: nnx.GraphDef | None = None) -> tuple[jax.Array, tuple]:
         """Cross-entropy on ``batch``; aux: ``(new_stats, accuracy)``."""
         x, y = batch
-        logits, new_stats = self.apply(params, stats, weights, x)
+        logits, new_stats = self.apply(params, stats, weights, x, graphdef=graphdef)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
         return cross_entropy(logits, y), (new_stats, accuracy)
 
@@ -265,7 +294,8 @@ class GradientSearch:
         """One optimizer step of the supernet weights on ``train_batch`` with the op weights
         ``weights`` held fixed: ``(params, stats, w_opt, train_loss, train_accuracy)``."""
         (loss, (stats, accuracy)), grads = value_and_grad_params(
-            lambda p, w, s: self.loss(p, s, w, train_batch), params, weights, stats)
+            lambda p, w, s: self.loss(p, s, w, train_batch, self.weight_graphdef), params,
+            weights, stats)
         updates, w_opt = self.weight_optimizer().update(grads, w_opt, params)
         return optax.apply_updates(params, updates), stats, w_opt, loss, accuracy
 

@@ -8,7 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
+from nas_jax import ops
 from nas_jax.data.datasets import quadrant_images
 from nas_jax.spaces.nb201 import NB201Space
 from nas_jax.strategies import collapse
@@ -29,7 +31,8 @@ class ToySearch(GradientSearch):
     compile in seconds; the real supernets run in tests/test_gradient_search.py and the
     opt-in check below."""
 
-    def apply(self, params, stats, weights, x):
+    def apply(self, params, stats, weights, x, train=True, graphdef=None):
+        del train, graphdef  # one network for every pass
         h = jnp.tanh(x.reshape(x.shape[0], -1) @ params["stem"])  # [B, H]
         a = jnp.tanh(jnp.einsum("bh,ehg->ebg", h, params["a"]))
         b = jnp.tanh(jnp.einsum("bh,ehg->ebg", h, params["b"]) + 0.1)
@@ -169,6 +172,27 @@ def test_second_order_on_nb201_supernet_matches_finite_differences():
         check_hypergradient(search1, GradientSearch(SPACE, order=2, total_steps=10,
                                                     learning_rate=0.1), state,
                             lambda s: (s.params, s.stats, s.alpha, s.w_opt, TRAIN, VALID))
+
+
+def test_weight_step_network_sums_kernel_gradients_over_batch_chunks_on_cpu():
+    """NB201's mixture supernet: the weight step's convolutions are ``chunked`` on CPU (only
+    that pass computes kernel gradients), unless the options name an implementation or a
+    switch; the architecture pass keeps XLA's (forward mode passes no custom VJP)."""
+    search = GradientSearch(SPACE)
+    state = jit(search.init)(jax.random.key(0))
+
+    def conv_impls(graphdef):
+        model = nnx.merge(graphdef, state.params, state.stats)
+        return {m.impl for _, m in nnx.iter_modules(model) if isinstance(m, ops.Conv)}
+
+    chunked = jax.default_backend() == "cpu"
+    assert conv_impls(search.graphdef) == {"xla"}
+    assert conv_impls(search.weight_graphdef) == ({"chunked"} if chunked else {"xla"})
+    given = GradientSearch(SPACE, network_options=(("conv_impl", "taps"),))
+    assert given.weight_options == given.options == {"conv_impl": "taps"}
+    switch = GradientSearch(SPACE, method="gdas", network_options=(("select", "switch"),))
+    assert switch.weight_options == switch.options
+    assert switch.weight_graphdef is switch.graphdef
 
 
 def test_gumbel_straight_through_is_one_hot_forward_with_soft_gradients():
