@@ -251,7 +251,8 @@ def _box_sum_3x3(x: jax.Array, stride: int) -> jax.Array:
     and its gradient is the two windows' transposes, again 3-wide. On XLA:CPU the 3x3 window
     is the slow form: 64x32x32x16 took 5.25 ms one way against 0.63 ms separable, and in the
     NB201 DARTS first-order step (90 pools, each run forward and backward in both passes)
-    the 3x3 windows were 22% of the step's time (docs/benchmarks.md, "The average pool").
+    the 3x3 windows were 22% of the step's time (docs/benchmarks.md, "Latest run
+    (2026-12-01): separable pools, ...").
     """
     rows = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 3, 1, 1), (1, stride, 1, 1),
                                  ((0, 0), (1, 1), (0, 0), (0, 0)))

@@ -149,8 +149,8 @@ class GradientSearch:
         ``chunked``; the same numbers up to rounding).
 
         The weight step is the only pass that computes kernel gradients, and XLA:CPU's are
-        slow at NB201's sizes. Measured side by side (docs/benchmarks.md, "The average pool
-        and chunked kernel gradients"): a DARTS first-order step 2.51-2.70 s against
+        slow at NB201's sizes. Measured side by side (docs/benchmarks.md, "Latest run
+        (2026-12-01): separable pools, ..."): a DARTS first-order step 2.51-2.70 s against
         2.75-2.98 s, its first call 72 s against 54 s. The architecture pass keeps XLA's
         convolutions: it needs no kernel gradient, and forward-mode derivatives (the Hessian
         eigenvalue's Hessian-vector products) do not pass ``chunked``'s custom VJP.
@@ -235,7 +235,10 @@ class GradientSearch:
         exactly the next real weight step's result when gradients are not clipped (with
         Nesterov too, which NAS-Bench-201's DARTS-V2 code leaves out of its unrolled step).
         Clipping is left out of the unrolled step, as DARTS does; ``w'`` depends on
-        ``alpha`` through the train gradient, which is what the hypergradient needs.
+        ``alpha`` through the train gradient, which is what the hypergradient needs. (It is
+        computed with the architecture pass's network, ``graphdef``, which reverse-over-reverse
+        and forward-mode derivatives pass; where ``weight_options`` differ, the real step's
+        gradient equals it up to float rounding.)
         """
         weights = self.mixture(None, alpha, step)
         grads = jax.grad(lambda p: self.loss(p, stats, weights, train_batch)[0])(params)
