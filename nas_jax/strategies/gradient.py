@@ -210,7 +210,8 @@ class GradientSearch:
               graphdef: nnx.GraphDef | None = None):
         """``(logits, new_stats)`` of the supernet; ``train``: batch statistics (the search),
         else the running ones (evaluation); ``graphdef``: ``self.graphdef`` unless given."""
-        model = nnx.merge(graphdef or self.graphdef, params, stats, copy=True)
+        model = nnx.merge(self.graphdef if graphdef is None else graphdef, params, stats,
+                          copy=True)
         if isinstance(self.space, DartsSpace):
             logits = model(x, edge_weights=weights, train=train)
         else:
