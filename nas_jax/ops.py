@@ -243,30 +243,31 @@ class ReLUConvBN(nnx.Module):
         return self.bn(self.conv(jax.nn.relu(x)), train)
 
 
-def _box_sum_3x3(x: jax.Array, stride: int) -> jax.Array:
-    """Sum over each 3x3 window (zero padding 1, ``stride``), as two 3-wide windowed sums:
-    down the rows, then along them.
+def _window_3x3(x: jax.Array, init: float, op, stride: int) -> jax.Array:
+    """``op`` over each 3x3 window (padding 1 with ``init``, ``stride``), as two 3-wide
+    windows: down the rows, then along them.
 
-    The same sums as one 3x3 ``reduce_window`` (the order of the nine additions differs),
-    and its gradient is the two windows' transposes, again 3-wide. On XLA:CPU the 3x3 window
-    is the slow form: 64x32x32x16 took 5.25 ms one way against 0.63 ms separable, and in the
-    NB201 DARTS first-order step (90 pools, each run forward and backward in both passes)
-    the 3x3 windows were 22% of the step's time (docs/benchmarks.md, "Latest run
-    (2026-12-01): separable pools, ...").
+    The same values as one 3x3 ``reduce_window`` (for a sum, up to the order of the nine
+    additions), and a sum's gradient is the two windows' transposes, again 3-wide. On
+    XLA:CPU the 3x3 window is the slow form: a 64x32x32x16 sum took 5.25 ms one way against
+    0.63 ms separable, and in the NB201 DARTS first-order step (90 pools, each run forward
+    and backward in both passes) the 3x3 windows were 22% of the step's time
+    (docs/benchmarks.md, "Latest run (2026-12-01): separable pools, ...").
     """
-    rows = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 3, 1, 1), (1, stride, 1, 1),
+    rows = jax.lax.reduce_window(x, init, op, (1, 3, 1, 1), (1, stride, 1, 1),
                                  ((0, 0), (1, 1), (0, 0), (0, 0)))
-    return jax.lax.reduce_window(rows, 0.0, jax.lax.add, (1, 1, 3, 1), (1, 1, stride, 1),
+    return jax.lax.reduce_window(rows, init, op, (1, 1, 3, 1), (1, 1, stride, 1),
                                  ((0, 0), (0, 0), (1, 1), (0, 0)))
 
 
 def avg_pool_3x3(x: jax.Array, stride: int = 1) -> jax.Array:
     """3x3 average pooling, padding 1, not counting padded cells (count_include_pad=False).
 
-    The window sums are separable (``_box_sum_3x3``); the counts are a constant of the
+    The window sums are separable (``_window_3x3``); the counts are a constant of the
     shape, folded at compile time."""
     ones = jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype)
-    return _box_sum_3x3(x, stride) / _box_sum_3x3(ones, stride)
+    return (_window_3x3(x, 0.0, jax.lax.add, stride)
+            / _window_3x3(ones, 0.0, jax.lax.add, stride))
 
 
 def avg_pool_2x2(x: jax.Array) -> jax.Array:
@@ -328,12 +329,9 @@ def max_pool_3x3(x: jax.Array, stride: int = 1) -> jax.Array:
     products) works, as it would not through a custom VJP.
 
     The forward takes the maximum down the rows, then along them (two 3-wide windows: the
-    same values as one 3x3 window, faster on XLA:CPU, as ``_box_sum_3x3``).
+    same values as one 3x3 window, faster on XLA:CPU: ``_window_3x3``).
     """
-    rows = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 1, 1), (1, stride, 1, 1),
-                                 ((0, 0), (1, 1), (0, 0), (0, 0)))
-    return jax.lax.reduce_window(rows, -jnp.inf, jax.lax.max, (1, 1, 3, 1), (1, 1, stride, 1),
-                                 ((0, 0), (0, 0), (1, 1), (0, 0)))
+    return _window_3x3(x, -jnp.inf, jax.lax.max, stride)
 
 
 @max_pool_3x3.defjvp

@@ -106,6 +106,7 @@ pullback = jax.jit(_pullback)
 # 1.45x and 1.35x faster, their first calls shorter, while a large fused program (DARTS'
 # mixture step) ran slower and compiled twice as long (docs/benchmarks.md). CPU only.
 OLDER_CPU_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
+_older_pullback = jax.jit(_pullback, compiler_options=OLDER_CPU_EMITTERS)  # one cache for all
 
 
 def unit_compiler_options(emitters: str) -> dict | None:
@@ -199,8 +200,7 @@ class ComposedGraph:
         self._programs: dict = {}
         self._by_unit: dict = {}
         self._options = unit_compiler_options(emitters)
-        self._pullback = jax.jit(_pullback, compiler_options=self._options) \
-            if self._options else pullback
+        self._pullback = pullback if self._options is None else _older_pullback
 
     def _split(self, path: tuple):
         graphdef, params, stats = nnx.split(sub_module(self._model, path), nnx.Param,

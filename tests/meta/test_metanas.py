@@ -3,7 +3,6 @@ adaptation is deterministic and lowers the support loss, the temperature schedul
 hand-made alphas, and meta-test statistics. One compiled program per learner (DARTS supernet
 programs compile slowly on CPU)."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +23,7 @@ FAST = {"xla_backend_optimization_level": 0}
 # XLA:CPU's default fusion emitters (the suite turns them off; tests/conftest.py): the tiny
 # Conv-4 is ill-conditioned (a relative change of 1e-6 in its weights moved some query
 # gradients by percents), so the FOMAML test compares the meta step with a reference copy
-# of the same computation in one program, which these emitters compute alike
+# of the same computation in one program, which these emitters compute alike.
 FAST_FOMAML = {**FAST, "xla_cpu_use_fusion_emitters": True}
 NET = {"depthwise_impl": "xla", "edge_execution": "scan"}  # the fastest to compile
 STEPS = 3
