@@ -149,6 +149,45 @@ def _time_gdas_composed(search: GradientSearch, key: jax.Array, train_batch, val
     return _timed("gdas_composed", first, step, state, steps)
 
 
+def compiled_step(space, name: str, key: jax.Array, compiler_options: dict | None = None):
+    """``(jitted step, initial state)`` of a method that runs as one jitted program (all but
+    the ``*_composed`` ones): ``jitted(state, train_batch, valid_batch) -> (state,
+    metrics)``, its state argument donated. Also what ``experiments/profile_step.py``
+    profiles."""
+    if name.endswith("_composed"):
+        raise ValueError(f"method {name!r} runs as many programs composed on the host, not "
+                         "one jitted step; profile one of "
+                         f"{', '.join(m for m in METHODS if not m.endswith('_composed'))}")
+    search = _method(space, name)
+    state = search.init_program(compiler_options)(key)
+    jax.block_until_ready(state)
+    jitted = jax.jit(_random_path_step(search) if name == "random_path" else search.step,
+                     donate_argnums=0, compiler_options=compiler_options)
+    return jitted, state
+
+
+def benchmark_space(config: ml_collections.ConfigDict):
+    """``(space, description)`` of a search benchmark config."""
+    if config.space not in SPACES:
+        raise ValueError(f"config.space={config.space!r}; allowed: {', '.join(SPACES)}")
+    if config.space == "darts":
+        space = DartsSpace(channels=config.channels, num_cells=config.num_cells,
+                           input_shape=tuple(config.input_shape), num_classes=10)
+        return space, f"DARTS C={config.channels} cells={config.num_cells}"
+    space = NB201Space(channels=config.channels, cells_per_stage=config.cells_per_stage,
+                       input_shape=tuple(config.input_shape), num_classes=10)
+    return space, f"NB201 C={config.channels} N={config.cells_per_stage}"
+
+
+def benchmark_batches(config: ml_collections.ConfigDict):
+    """``(init key, train batch, valid batch)``: the benchmark's synthetic batches."""
+    k1, k2, k3, k4, k_init = jax.random.split(jax.random.key(config.seed), 5)
+    shape = (config.batch_size, *config.input_shape)
+    train = (jax.random.normal(k1, shape), jax.random.randint(k2, shape[:1], 0, 10))
+    valid = (jax.random.normal(k3, shape), jax.random.randint(k4, shape[:1], 0, 10))
+    return k_init, train, valid
+
+
 def time_method(space, name: str, key: jax.Array, train_batch, valid_batch,
                 steps: int, compiler_options: dict | None = None) -> dict:
     """``{method, first_call_s, seconds_per_step, finite}`` for one method from a cold
@@ -158,10 +197,7 @@ def time_method(space, name: str, key: jax.Array, train_batch, valid_batch,
         return _time_random_path_composed(search, key, train_batch, steps)
     if name == "gdas_composed":
         return _time_gdas_composed(search, key, train_batch, valid_batch, steps)
-    state = search.init_program(compiler_options)(key)
-    jax.block_until_ready(state)
-    jitted = jax.jit(_random_path_step(search) if name == "random_path" else search.step,
-                     donate_argnums=0, compiler_options=compiler_options)
+    jitted, state = compiled_step(space, name, key, compiler_options)
 
     def step(state, i=0):
         state, metrics = jitted(state, train_batch, valid_batch)
@@ -173,23 +209,10 @@ def time_method(space, name: str, key: jax.Array, train_batch, valid_batch,
 def run_search_benchmark(config: ml_collections.ConfigDict, workdir: str | None = None,
                          log=print) -> dict:
     """Time every method of ``config.methods``; print a table; write ``search_benchmark.json``."""
-    if config.space not in SPACES:
-        raise ValueError(f"config.space={config.space!r}; allowed: {', '.join(SPACES)}")
-    if config.space == "darts":
-        space = DartsSpace(channels=config.channels, num_cells=config.num_cells,
-                           input_shape=tuple(config.input_shape), num_classes=10)
-        described = f"DARTS C={config.channels} cells={config.num_cells}"
-    else:
-        space = NB201Space(channels=config.channels, cells_per_stage=config.cells_per_stage,
-                           input_shape=tuple(config.input_shape), num_classes=10)
-        described = f"NB201 C={config.channels} N={config.cells_per_stage}"
+    space, described = benchmark_space(config)
     for name in config.methods:
         _method(space, name)  # names checked up front
-    key = jax.random.key(config.seed)
-    k1, k2, k3, k4, k_init = jax.random.split(key, 5)
-    shape = (config.batch_size, *config.input_shape)
-    train = (jax.random.normal(k1, shape), jax.random.randint(k2, shape[:1], 0, 10))
-    valid = (jax.random.normal(k3, shape), jax.random.randint(k4, shape[:1], 0, 10))
+    k_init, train, valid = benchmark_batches(config)
     log(f"backend {jax.default_backend()}, {described}, input {tuple(config.input_shape)}, "
         f"batch {config.batch_size}")
     log(f"{'method':20s} {'first call s':>12s} {'s / step':>9s}")

@@ -40,3 +40,17 @@ def test_methods_and_space_are_checked_for_the_darts_space():
     c.space = "nasnet"
     with pytest.raises(ValueError, match="config.space='nasnet'; allowed: nb201, darts"):
         run_search_benchmark(c)
+
+
+def test_profile_step_names_the_methods_it_can_profile():
+    """experiments/profile_step.py profiles one jitted program: the composed methods are
+    refused with the ones it can profile named, before anything is built."""
+    from nas_jax.search_benchmark import benchmark_space, compiled_step
+
+    c = search_benchmark_config()
+    c.channels, c.cells_per_stage = 2, 1
+    space, described = benchmark_space(c)
+    assert described == "NB201 C=2 N=1"
+    with pytest.raises(ValueError, match="'gdas_composed' runs as many programs composed on "
+                       "the host.*darts1, darts2, gdas, gdas_switch, random_path$"):
+        compiled_step(space, "gdas_composed", None)
