@@ -159,7 +159,7 @@ def compiled_step(space, name: str, key: jax.Array, compiler_options: dict | Non
                          "one jitted step; profile one of "
                          f"{', '.join(m for m in METHODS if not m.endswith('_composed'))}")
     search = _method(space, name)
-    state = search.init_program(compiler_options)(key)
+    state = search.init_program()(key)
     jax.block_until_ready(state)
     jitted = jax.jit(_random_path_step(search) if name == "random_path" else search.step,
                      donate_argnums=0, compiler_options=compiler_options)

@@ -283,16 +283,15 @@ class GradientSearch:
                              a_opt=self.arch_optimizer().init(alpha),
                              step=jnp.zeros((), jnp.int32), key=k_state)
 
-    def init_program(self, compiler_options: dict | None = None):
-        """``init`` compiled with ``compiler_options``, or for the DARTS supernet run op by op
-        (``executors.init_op_by_op``: XLA:CPU compiles its thousands of outputs for minutes;
-        op by op each op kind and shape compiles once, in seconds). Same values up to float
-        rounding."""
-        from nas_jax.evaluators.executors import init_op_by_op
-
-        if init_op_by_op(self.space):
-            return self.init
-        return jax.jit(self.init, compiler_options=compiler_options)
+    def init_program(self):
+        """``init``, run op by op: each op kind and shape compiles once (cached for the
+        process), where XLA:CPU compiles the whole init, with its hundreds of outputs, for
+        seconds to minutes. Measured on 2 cores: NB201 C=16, N=5 4.5 s op by op against
+        13.6 s compiled at ``xla_backend_optimization_level=0`` and 17-18 s at the default
+        level (0.3 s op by op again in the same process); C=2, N=1 2.0 s against 2.4 s
+        (0.08 s again); the DARTS supernet's init took minutes to compile. Same values as
+        the compiled init up to float rounding (a few differ in the last bit)."""
+        return self.init
 
     def weight_step(self, params, stats, w_opt, weights: jax.Array, train_batch):
         """One optimizer step of the supernet weights on ``train_batch`` with the op weights
