@@ -266,3 +266,26 @@ def test_dominant_eigenvalue_and_beta_regularization():
     assert collapse.robust_darts_should_stop([1.0] * 3 + [2.0] * 3, window=3)
     assert not collapse.robust_darts_should_stop([1.0] * 3 + [1.2] * 3, window=3)
     assert not collapse.robust_darts_should_stop([1.0, 5.0], window=3)
+
+
+def test_init_program_runs_op_by_op_with_the_compiled_values():
+    """The once-per-run init runs op by op (faster than compiling its hundreds of outputs):
+    the same state as the compiled init up to float rounding, the same on every call."""
+    search = GradientSearch(SPACE, method="darts")
+    init = search.init_program()
+    assert not hasattr(init, "lower")  # not a jax.jit program
+    with jax.threefry_partitionable(False):
+        got = init(jax.random.key(3))
+        again = init(jax.random.key(3))
+        want = jax.jit(search.init)(jax.random.key(3))
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b, c in zip(jax.tree.leaves(got), jax.tree.leaves(again), jax.tree.leaves(want),
+                       strict=True):
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b, c = (jax.random.key_data(k) for k in (a, b, c))
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        if jnp.issubdtype(a.dtype, jnp.floating):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-6, atol=1e-6)
+        else:  # keys and the step counter: exact
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
+    assert float(jnp.abs(got.alpha).max()) > 0 and int(got.step) == 0
