@@ -188,8 +188,8 @@ def _programs(search: GradientSearch, batch_size: int, eval_batch_size: int, eig
     ``init, step, score, eigen, draw`` (``draw``: the step's two batches, for the composed
     execution's host-side steps).
 
-    ``init`` runs once, op by op (``GradientSearch.init_program``: compiled, it took 17 s of
-    a tiny NB201 run's 83 s); the others are compiled without backend optimisations only
+    ``init`` runs once, op by op (see ``GradientSearch.init``: compiled, it took 17 s of a
+    tiny NB201 run's 83 s); the others are compiled without backend optimisations only
     with ``fast_compile`` (tiny runs and tests, where compiling dominates).
     """
     stepper = search
@@ -216,7 +216,7 @@ def _programs(search: GradientSearch, batch_size: int, eval_batch_size: int, eig
         return collapse.dominant_hessian_eigenvalue(loss, state.alpha, key, eigen_iters)
 
     options = FAST_COMPILE if fast_compile else None
-    return (search.init_program(),
+    return (search.init,
             jax.jit(step, donate_argnums=0, compiler_options=options),
             jax.jit(score, compiler_options=options), jax.jit(eigen, compiler_options=options),
             jax.jit(draw))

@@ -116,7 +116,7 @@ def _time_random_path_composed(search: GradientSearch, key: jax.Array, train_bat
     space = search.space
     trainer = ComposedExecutor(space, Recipe(batch_size=train_batch[0].shape[0]),
                                tx=search.weight_optimizer()).trainer
-    state = search.init_program()(key)
+    state = search.init(key)
     archs = sampled_paths(space, state.key, 0, steps + 1)  # random_path's, step by step
 
     def step(carry, i, arch=None):
@@ -135,7 +135,7 @@ def _time_gdas_composed(search: GradientSearch, key: jax.Array, train_batch, val
     from nas_jax.strategies.gdas_composed import ComposedGDAS
 
     composed = ComposedGDAS(search)
-    state = composed.prepare(search.init_program()(key))
+    state = composed.prepare(search.init(key))
     jax.block_until_ready(state)
 
     def step(state, i=0):
@@ -159,7 +159,7 @@ def compiled_step(space, name: str, key: jax.Array, compiler_options: dict | Non
                          "one jitted step; profile one of "
                          f"{', '.join(m for m in METHODS if not m.endswith('_composed'))}")
     search = _method(space, name)
-    state = search.init_program()(key)
+    state = search.init(key)
     jax.block_until_ready(state)
     jitted = jax.jit(_random_path_step(search) if name == "random_path" else search.step,
                      donate_argnums=0, compiler_options=compiler_options)

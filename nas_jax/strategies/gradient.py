@@ -271,7 +271,15 @@ class GradientSearch:
     # ------------------------------------------------------------ contract
     def init(self, key: jax.Array, network: tuple | None = None) -> GradientState:
         """Fresh supernet weights (or the given ``(params, stats)``), ``alpha ~
-        alpha_init_scale * N(0, 1)``, both optimizers' states. Jittable."""
+        alpha_init_scale * N(0, 1)``, both optimizers' states. Jittable.
+
+        Runs call it op by op, not jitted: each op kind and shape then compiles once (cached
+        for the process), where XLA:CPU compiles the whole init, with its hundreds of
+        outputs, for seconds to minutes. Measured on 2 cores: NB201 C=16, N=5 4.5 s op by op
+        against 13.6 s compiled at ``xla_backend_optimization_level=0`` and 17-18 s at the
+        default level (0.3 s op by op again in the same process); C=2, N=1 2.0 s against
+        2.4 s (0.08 s again); the DARTS supernet's init took minutes to compile. The values
+        are the compiled init's up to float rounding (a few differ in the last bit)."""
         k_net, k_alpha, k_state = jax.random.split(key, 3)
         if network is None:
             params, stats, _ = init_candidate(self.space, None, k_net, **self.options)
@@ -282,16 +290,6 @@ class GradientSearch:
                              w_opt=self.weight_optimizer().init(params),
                              a_opt=self.arch_optimizer().init(alpha),
                              step=jnp.zeros((), jnp.int32), key=k_state)
-
-    def init_program(self):
-        """``init``, run op by op: each op kind and shape compiles once (cached for the
-        process), where XLA:CPU compiles the whole init, with its hundreds of outputs, for
-        seconds to minutes. Measured on 2 cores: NB201 C=16, N=5 4.5 s op by op against
-        13.6 s compiled at ``xla_backend_optimization_level=0`` and 17-18 s at the default
-        level (0.3 s op by op again in the same process); C=2, N=1 2.0 s against 2.4 s
-        (0.08 s again); the DARTS supernet's init took minutes to compile. Same values as
-        the compiled init up to float rounding (a few differ in the last bit)."""
-        return self.init
 
     def weight_step(self, params, stats, w_opt, weights: jax.Array, train_batch):
         """One optimizer step of the supernet weights on ``train_batch`` with the op weights

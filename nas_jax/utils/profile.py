@@ -15,9 +15,10 @@ shape, or all BatchNorm-moment reductions, form one row:
 Control flow (``conditional``, ``while``) is not a row: the operations of its bodies are
 traced, and counted, on their own.
 
-The donated-argument and copy-elision behaviour of the real program is kept: the function
-is profiled as compiled, with the caller's arguments. Used by ``experiments/profile_step.py``;
-it found that the 3x3 pools' ``reduce_window`` took 22% of the NB201 DARTS step on XLA:CPU.
+The program is profiled as compiled for the caller's arguments (donations included). Written
+for and tried on XLA:CPU, whose trace names each thunk after its HLO instruction. Used by
+``experiments/profile_step.py``; it found that the 3x3 pools' ``reduce_window`` took 22% of
+the NB201 DARTS step on XLA:CPU.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def _convolution(inst: Instruction) -> str:
 
 
 def describe(inst: Instruction, computations: dict[str, list[Instruction]]) -> str:
-    """What an instruction computes, as the grouping key of ``op_times``."""
+    """What an instruction computes: the grouping key of ``profile_program``'s rows."""
     if inst.opcode == "convolution":
         return _convolution(inst)
     if inst.opcode == "fusion":
@@ -109,7 +110,7 @@ def category(description: str) -> str:
     if description.startswith("dot") or "dot ->" in description:
         return "dot"
     for name in ("select-and-scatter", "reduce-window", "reduce", "scatter", "gather",
-                 "sort", "copy", "transpose", "custom-call", "while", "conditional"):
+                 "sort", "copy", "transpose", "custom-call"):
         if re.search(rf"(^|[ :,]){re.escape(name)}\b", description):
             return name
     return "elementwise" if description.startswith("fusion") else description.split(" ")[0]
