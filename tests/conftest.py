@@ -56,16 +56,17 @@ LONGEST_FIRST = (
     "tests/strategies/test_gdas_composed.py",
     "tests/test_runner.py",
     "tests/test_gradient_search.py",
-    "tests/evaluators/test_executors.py",
     "tests/supernet/test_darts_network.py",
-    "tests/strategies/test_evolution.py",
     "tests/evaluators/test_oneshot.py",
+    "tests/evaluators/test_executors.py",
     "tests/test_collapse_study.py",
+    "tests/strategies/test_compare.py",
+    "tests/supernet/test_darts_primitives.py",
     "tests/utils/test_sharding.py",
     "tests/supernet/test_composed_darts.py",
-    "tests/supernet/test_darts_primitives.py",
-    "tests/strategies/test_compare.py",
+    "tests/test_ops.py",
     "tests/evaluators/test_population.py",
+    "tests/strategies/test_evolution.py",
 )
 
 
