@@ -45,3 +45,26 @@ def test_device_check_script_parses():
     run = subprocess.run(["bash", "-n", "experiments/device_check.sh"], cwd=ROOT,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_profile_step_prints_and_writes_the_operations_of_a_step(tmp_path):
+    """experiments/profile_step.py on a tiny supernet: the categories and rows are printed
+    and written; a composed method is refused with the flag named."""
+    tiny = ["--config=configs/benchmark_darts.py", "--config.channels=2",
+            "--config.cells_per_stage=1", "--config.input_shape=(8,8,3)",
+            "--config.batch_size=8", "--config.fast_compile=True", "--calls=1", "--top=5"]
+    out = tmp_path / "profile.json"
+    run = subprocess.run(
+        [sys.executable, "experiments/profile_step.py", *tiny, "--method=random_path",
+         f"--json={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "random_path on cpu, NB201 C=2 N=1" in run.stdout
+    assert "by category:" in run.stdout and "top 5 operations" in run.stdout
+    profile = json.loads(out.read_text())
+    assert profile["method"] == "random_path" and profile["wall_s"] > 0
+    assert "convolution" in {row["category"] for row in profile["rows"]}
+    refused = subprocess.run(
+        [sys.executable, "experiments/profile_step.py", *tiny, "--method=gdas_composed"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0
+    assert "--method: method 'gdas_composed' runs as many programs" in refused.stderr
