@@ -13,8 +13,9 @@
 - Test files run on the xdist workers in the order collected (``--dist loadfile``), so the
   files that take longest are moved to the front (``LONGEST_FIRST``, from ``--durations``
   on 2 cores): started last, one of them would run alone on one worker at the end.
-- Tests marked ``@pytest.mark.slow`` (each compiles a MetaNAS supernet program: ~30-60 s on 2
-  cores) run only with ``NAS_JAX_SLOW_TESTS=1``, which keeps the suite under 10 minutes there.
+- Tests marked ``@pytest.mark.slow`` (each compiles a large program, e.g. a MetaNAS supernet,
+  or runs a tool end to end whose parts are tested apart: ~20-60 s on 2 cores) run only with
+  ``NAS_JAX_SLOW_TESTS=1``, which keeps the suite under 10 minutes there.
 """
 
 import os
@@ -47,8 +48,8 @@ def restore_prng_flag_per_module():
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: compiles a large program; runs only with "
-                            "NAS_JAX_SLOW_TESTS=1")
+    config.addinivalue_line("markers", "slow: compiles a large program or runs a tool end "
+                            "to end; runs only with NAS_JAX_SLOW_TESTS=1")
 
 
 # Files whose tests (fixtures included) take longest, longest first.

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 BLOCKER = '''
@@ -47,15 +49,19 @@ def test_device_check_script_parses():
     assert run.returncode == 0, run.stderr
 
 
+TINY_PROFILE = ["--config=configs/benchmark_darts.py", "--config.channels=2",
+                "--config.cells_per_stage=1", "--config.input_shape=(8,8,3)",
+                "--config.batch_size=8", "--config.fast_compile=True", "--calls=1", "--top=5"]
+
+
+@pytest.mark.slow
 def test_profile_step_prints_and_writes_the_operations_of_a_step(tmp_path):
     """experiments/profile_step.py on a tiny supernet: the categories and rows are printed
-    and written; a composed method is refused with the flag named."""
-    tiny = ["--config=configs/benchmark_darts.py", "--config.channels=2",
-            "--config.cells_per_stage=1", "--config.input_shape=(8,8,3)",
-            "--config.batch_size=8", "--config.fast_compile=True", "--calls=1", "--top=5"]
+    and written (~20 s on 2 cores, mostly compiling the step; its parts are tested in
+    tests/utils/test_profile.py and tests/test_search_benchmark.py)."""
     out = tmp_path / "profile.json"
     run = subprocess.run(
-        [sys.executable, "experiments/profile_step.py", *tiny, "--method=random_path",
+        [sys.executable, "experiments/profile_step.py", *TINY_PROFILE, "--method=random_path",
          f"--json={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "random_path on cpu, NB201 C=2 N=1" in run.stdout
@@ -63,8 +69,11 @@ def test_profile_step_prints_and_writes_the_operations_of_a_step(tmp_path):
     profile = json.loads(out.read_text())
     assert profile["method"] == "random_path" and profile["wall_s"] > 0
     assert "convolution" in {row["category"] for row in profile["rows"]}
+
+
+def test_profile_step_refuses_a_composed_method_naming_the_flag():
     refused = subprocess.run(
-        [sys.executable, "experiments/profile_step.py", *tiny, "--method=gdas_composed"],
+        [sys.executable, "experiments/profile_step.py", *TINY_PROFILE, "--method=gdas_composed"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0
     assert "--method: method 'gdas_composed' runs as many programs" in refused.stderr
