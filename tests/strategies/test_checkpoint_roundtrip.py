@@ -12,11 +12,11 @@ from nas_jax.spaces.nb201 import NB201Space
 from nas_jax.utils.checkpoint import Checkpointer
 
 SPACE = NB201Space(channels=8, cells_per_stage=1, input_shape=(8, 8, 1))
-# The comparison's strategies, seeds and budget: the compiled searches are shared with
-# tests/strategies/test_compare.py when both run in one process.
+# The comparison's strategies and budget, over 8 seeds (64, as the comparison runs, took the
+# REINFORCE case 17.5 s against 4.9 s; the round trip does not depend on how many seeds).
 STRATEGIES = build_strategies(compare_config(), SPACE)
 FAST = ("random_search", "regularized_evolution", "genetic_algorithm")  # as test_compare
-SEEDS, BUDGET = 64, 100
+SEEDS, BUDGET = 8, 100
 
 
 @pytest.fixture(scope="module")
