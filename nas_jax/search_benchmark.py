@@ -192,11 +192,10 @@ def time_method(space, name: str, key: jax.Array, train_batch, valid_batch,
                 steps: int, compiler_options: dict | None = None) -> dict:
     """``{method, first_call_s, seconds_per_step, finite}`` for one method from a cold
     start."""
-    search = _method(space, name)
     if name == "random_path_composed":
-        return _time_random_path_composed(search, key, train_batch, steps)
+        return _time_random_path_composed(_method(space, name), key, train_batch, steps)
     if name == "gdas_composed":
-        return _time_gdas_composed(search, key, train_batch, valid_batch, steps)
+        return _time_gdas_composed(_method(space, name), key, train_batch, valid_batch, steps)
     jitted, state = compiled_step(space, name, key, compiler_options)
 
     def step(state, i=0):

@@ -77,7 +77,7 @@ def parse_hlo(text: str) -> tuple[dict[str, Instruction], dict[str, list[Instruc
 
 
 def _attribute(line: str, name: str) -> str:
-    match = re.search(rf"\b{name}=([^,\s}}]+(?:\{{[^}}]*\}})?)", line)
+    match = re.search(rf"\b{name}=([^,\s}}]+)", line)
     return match.group(1) if match else ""
 
 
