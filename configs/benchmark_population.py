@@ -5,11 +5,13 @@ large: NB201 C=16, N=5, 32x32x3, batch 64, 16 random cells x 10 steps.
 
     python experiments/benchmark.py --config=configs/benchmark_population.py
 
-The vmapped mixture (``vmap``) is listed on accelerators only: on XLA:CPU it computes every
-op of every edge as grouped convolutions and did not finish the small workload in 10 minutes
-on 2 idle cores. The large workload lists ``switch`` and ``composed`` only (``loop`` and
-``compiled`` take minutes each there), so the whole run fits in ~10 minutes on 2 cores.
-Force a list with e.g. ``--config.workloads.large.executions="('loop','composed')"``.
+The mixture executions, which compute every op of every edge, are listed on accelerators
+only: the vmapped mixture (``vmap``; on XLA:CPU as grouped convolutions, it did not finish the
+small workload in 10 minutes on 2 idle cores) and the mixture host loop (``loop``: about a
+minute of the small workload on 2 cores, 7 of the large one). The large workload lists
+``switch`` and ``composed`` only (``compiled`` takes minutes there), so the whole run takes
+~8 minutes on 2 cores. Force a list with e.g.
+``--config.workloads.small.executions="('loop','switch','composed','compiled')"``.
 
 The goals are ratios to PyTorch; to measure its figures on this machine, run the PyTorch
 reference beside it: ``python experiments/reference_pytorch.py --what=population`` (needs torch;

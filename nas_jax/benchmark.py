@@ -35,13 +35,15 @@ from nas_jax.train.steps import Recipe
 def benchmark_config() -> ml_collections.ConfigDict:
     """Defaults: the two workloads of the engine issue (NB201, 16 random cells each).
 
-    ``vmap`` (the vmapped mixture) is listed only off CPU: on XLA:CPU its per-candidate
-    convolutions become grouped convolutions, and the small workload alone ran for more than
-    10 minutes on 2 idle cores without finishing (force it with ``executions=...``). The
-    large workload lists the two fastest CPU executions only, so the whole benchmark runs
-    in ~10 minutes on 2 cores: ``loop`` took 430 s there and ``compiled`` longer (add them
-    with ``workloads.large.executions=...``)."""
-    vmap = () if jax.default_backend() == "cpu" else ("vmap",)
+    The mixture executions, which compute every operation of every edge, are listed only off
+    CPU: ``vmap`` (on XLA:CPU its per-candidate convolutions become grouped convolutions, and
+    the small workload alone ran for more than 10 minutes on 2 idle cores without finishing)
+    and ``loop`` (the mixture in a host loop: 49-64 s of the small workload there, the
+    slowest row but ``compiled``, and 430 s of the large one). The large workload lists the
+    two fastest CPU executions only (``compiled`` takes minutes there), so the whole
+    benchmark runs in ~8 minutes on 2 cores (8 min 43 s with ``loop`` on 2026-12-01, 10 min
+    3 s on a slower day). Add them with ``workloads.<name>.executions=...``."""
+    mixture = () if jax.default_backend() == "cpu" else ("vmap", "loop")
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.warm = False  # also time a second, warm call per execution (compiled programs reused)
@@ -53,11 +55,11 @@ def benchmark_config() -> ml_collections.ConfigDict:
     c.workloads.small = ml_collections.ConfigDict(dict(
             name="small", channels=8, cells_per_stage=1, input_shape=(16, 16, 3),
             batch_size=64, candidates=16, steps=50,
-            executions=vmap + ("loop", "switch", "composed", "compiled"), vmap_candidates=16))
+            executions=mixture + ("switch", "composed", "compiled"), vmap_candidates=16))
     c.workloads.large = ml_collections.ConfigDict(dict(
             name="large", channels=16, cells_per_stage=5, input_shape=(32, 32, 3),
             batch_size=64, candidates=16, steps=10,
-            executions=vmap + ("switch", "composed"), vmap_candidates=4))
+            executions=mixture[:1] + ("switch", "composed"), vmap_candidates=4))
     return c
 
 

@@ -40,3 +40,9 @@ def test_row_cold_and_warm(tmp_path):
 def test_unknown_execution_is_named():
     with pytest.raises(ValueError, match="workloads.small.executions: 'fast'"):
         run_benchmark(_tiny(("fast",)))
+
+
+def test_cpu_defaults_leave_out_the_mixture_executions():
+    c = benchmark_config()  # the suite runs on CPU
+    assert tuple(c.workloads.small.executions) == ("switch", "composed", "compiled")
+    assert tuple(c.workloads.large.executions) == ("switch", "composed")

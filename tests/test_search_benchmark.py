@@ -14,10 +14,12 @@ def test_times_each_method_and_writes_json(tmp_path):
     # one jitted method (each costs an init and compiles; the composed GDAS step is tested
     # in tests/strategies/test_gdas_composed.py)
     c.methods = ("random_path",)
+    c.steps_of.random_path = 2  # overrides c.steps for that method
     c.fast_compile = True
     lines = []
     out = run_search_benchmark(c, str(tmp_path), log=lines.append)
     assert [r["method"] for r in out["rows"]] == ["random_path"]
+    assert [r["timed_steps"] for r in out["rows"]] == [2]
     for row in out["rows"]:
         assert row["finite"] and row["first_call_s"] > 0 and row["seconds_per_step"] > 0
     assert json.loads((tmp_path / "search_benchmark.json").read_text())["rows"] == out["rows"]
@@ -29,6 +31,20 @@ def test_unknown_method_is_named():
     c.methods = ("darts3",)
     with pytest.raises(ValueError, match="config.methods: 'darts3'"):
         run_search_benchmark(c)
+
+
+def test_bad_steps_of_is_named():
+    c = search_benchmark_config()
+    c.steps_of.darts2 = 0
+    with pytest.raises(ValueError, match="config.steps_of.darts2: 0; give a method"):
+        run_search_benchmark(c)
+
+
+def test_cpu_default_leaves_out_the_mixture_gdas():
+    from nas_jax.search_benchmark import METHODS, default_methods
+
+    assert set(METHODS) - set(default_methods()) == {"gdas"}  # tests run on CPU
+    assert search_benchmark_config().steps_of.darts2 == 1
 
 
 def test_methods_and_space_are_checked_for_the_darts_space():
