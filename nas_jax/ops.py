@@ -6,6 +6,7 @@ Layouts are NHWC. Every module takes ``(x, train)``; batch-norm statistics live 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 
@@ -45,6 +46,57 @@ class ParamKeys:
 
 
 Keys = nnx.Rngs | ParamKeys  # what the modules' ``rngs`` argument accepts
+
+
+def draw(rngs: Keys, kind: str, shape: tuple[int, ...], fn) -> jax.Array:
+    """A parameter's initial value ``fn(key)`` from the next of ``rngs``' keys. Constructors
+    draw every random parameter through this, with ``kind`` naming what ``fn`` computes for
+    a given ``shape`` (two draws of one kind and shape compute the same function of their
+    keys), so that ``DeferredKeys`` can batch the draws of one kind and shape
+    (``supernet.grouped_init``)."""
+    if isinstance(rngs, DeferredKeys):
+        return rngs.defer(kind, tuple(shape), fn)
+    return fn(rngs.params())
+
+
+def he_normal(rngs: Keys, shape: tuple[int, ...]) -> jax.Array:
+    """He-normal (fan-in over all axes but the last) convolution kernel."""
+    init = jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+    return draw(rngs, "he_normal", shape, lambda key: init(key, shape, jnp.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class Deferred:
+    """A parameter left undrawn by ``DeferredKeys``: the ``index``-th key's ``fn`` of
+    ``kind`` and ``shape``."""
+
+    index: int
+    kind: str
+    shape: tuple[int, ...]
+    fn: object = dataclasses.field(compare=False, repr=False)
+
+
+class DirectKeyError(TypeError):
+    """A deferred build's constructor asked for a key instead of drawing through ``draw``."""
+
+
+class DeferredKeys(ParamKeys):
+    """``ParamKeys`` for a build that records its random draws instead of computing them:
+    every ``draw`` returns a ``Deferred`` holding the key index it would have used. A
+    constructor that asks for a key directly (``params()``, e.g. flax's own layers) would
+    escape the record, so that raises ``DirectKeyError``."""
+
+    def __init__(self):
+        super().__init__(0)
+
+    def params(self) -> jax.Array:
+        raise DirectKeyError("a deferred build draws parameters through ops.draw; a "
+                             "constructor called rngs.params() directly")
+
+    def defer(self, kind: str, shape: tuple[int, ...], fn) -> Deferred:
+        deferred = Deferred(self.count, kind, shape, fn)
+        self.count += 1
+        return deferred
 
 
 class BatchNorm(nnx.Module):
@@ -219,8 +271,7 @@ class Conv(nnx.Module):
 
     def __init__(self, c_in: int, c_out: int, kernel: int, *, stride: int = 1, dilation: int = 1,
                  impl: str = "xla", rngs: Keys):
-        init = jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal")
-        self.kernel = nnx.Param(init(rngs.params(), (kernel, kernel, c_in, c_out), jnp.float32))
+        self.kernel = nnx.Param(he_normal(rngs, (kernel, kernel, c_in, c_out)))
         self.stride = stride
         self.dilation = dilation
         self.pad = dilation * (kernel - 1) // 2
@@ -293,10 +344,11 @@ class Dense(nnx.Module):
     """A fully connected layer (LeCun-uniform-like init, zero bias)."""
 
     def __init__(self, d_in: int, d_out: int, *, rngs: Keys):
-        bound = 1.0 / jnp.sqrt(d_in)
-        self.kernel = nnx.Param(
-            jax.random.uniform(rngs.params(), (d_in, d_out), jnp.float32, -bound, bound)
-        )
+        def fn(key):
+            bound = 1.0 / jnp.sqrt(d_in)
+            return jax.random.uniform(key, (d_in, d_out), jnp.float32, -bound, bound)
+
+        self.kernel = nnx.Param(draw(rngs, "dense_uniform", (d_in, d_out), fn))
         self.bias = nnx.Param(jnp.zeros((d_out,), jnp.float32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -407,8 +459,7 @@ class DepthwiseConv(nnx.Module):
                  impl: str = "auto", rngs: Keys):
         if impl not in DEPTHWISE_IMPLS:
             raise ValueError(f"depthwise impl={impl!r}; allowed: {', '.join(DEPTHWISE_IMPLS)}")
-        init = jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal")
-        self.kernel = nnx.Param(init(rngs.params(), (kernel, kernel, 1, channels), jnp.float32))
+        self.kernel = nnx.Param(he_normal(rngs, (kernel, kernel, 1, channels)))
         self.stride = stride
         self.dilation = dilation
         self.pad = dilation * (kernel - 1) // 2
@@ -459,9 +510,8 @@ class FacConv(nnx.Module):
 
     def __init__(self, c_in: int, c_out: int, kernel: int, *, stride: int = 1,
                  affine: bool = True, rngs: Keys):
-        init = jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal")
-        self.row = nnx.Param(init(rngs.params(), (1, kernel, c_in, c_out), jnp.float32))
-        self.col = nnx.Param(init(rngs.params(), (kernel, 1, c_out, c_out), jnp.float32))
+        self.row = nnx.Param(he_normal(rngs, (1, kernel, c_in, c_out)))
+        self.col = nnx.Param(he_normal(rngs, (kernel, 1, c_out, c_out)))
         self.bn = BatchNorm(c_out, affine=affine)
         self.stride = stride
         self.pad = (kernel - 1) // 2

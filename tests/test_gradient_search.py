@@ -124,25 +124,30 @@ def test_resume_from_an_epoch_checkpoint_is_exact(search_run, table_path):
     assert [r["step"] for r in rows] == [1, 2]
 
 
-def test_gdas_composed_run_equals_switch_and_resumes_exactly(tmp_path):
-    """GDAS through the composed execution: a valid derived cell; the alpha of the jitted
-    switch-supernet step (the same algorithm); and a run killed during epoch 2 resumes to
-    the same alpha (the checkpoints hold the mixture supernet's form)."""
+def _gdas_config(execution):
     config = tiny_config()
-    config.strategy.name, config.strategy.execution = "gdas", "composed"
+    config.strategy.name, config.strategy.execution = "gdas", execution
     config.strategy.arch_learning_rate = 0.05  # so that alpha moves in 6 steps
-    switch = tiny_config()
-    switch.strategy = config.strategy.to_dict()
-    switch.strategy.execution = "switch"
+    return config
+
+
+def _run_restoring_prng_flag(config, workdir):
     partitionable = jax.config.jax_threefry_partitionable
     try:
-        result = run_gradient_search(config, str(tmp_path / "composed"))
-        shutil.rmtree(os.path.join(tmp_path, "composed", "checkpoints", "2"))
-        resumed = run_gradient_search(config, str(tmp_path / "composed"))
-        switched = run_gradient_search(switch, str(tmp_path / "switch"))
+        return run_gradient_search(config, workdir)
     finally:
         jax.config.update("jax_threefry_partitionable", partitionable)
-    np.testing.assert_allclose(switched["alpha_softmax"], result["alpha_softmax"], atol=1e-5)
+
+
+def test_gdas_composed_run_resumes_exactly(tmp_path):
+    """GDAS through the composed execution: a valid derived cell, alpha moved, and a run
+    killed during epoch 2 resumes to the same alpha (the checkpoints hold the mixture
+    supernet's form). Its steps equal the switch supernet's (tests/strategies/
+    test_gdas_composed.py); the whole run against a switch run is the slow test below."""
+    config = _gdas_config("composed")
+    result = _run_restoring_prng_flag(config, str(tmp_path / "composed"))
+    shutil.rmtree(os.path.join(tmp_path, "composed", "checkpoints", "2"))
+    resumed = _run_restoring_prng_flag(config, str(tmp_path / "composed"))
     space = NB201Space(channels=2, cells_per_stage=1, input_shape=(8, 8, 1), num_classes=10)
     space.validate(result["arch"])
     softmax = np.asarray(result["alpha_softmax"])
@@ -151,6 +156,15 @@ def test_gdas_composed_run_equals_switch_and_resumes_exactly(tmp_path):
     rows = read_jsonl(os.path.join(tmp_path, "composed", "metrics.jsonl"))
     assert [r["step"] for r in rows] == [1, 2]
     assert all(np.isfinite(r["train_loss"]) for r in rows)
+
+
+@SLOW
+def test_gdas_composed_run_equals_switch(tmp_path):
+    """A whole composed GDAS run ends at the alpha of the jitted switch-supernet run (the
+    same algorithm, batches and keys)."""
+    composed = _run_restoring_prng_flag(_gdas_config("composed"), str(tmp_path / "composed"))
+    switched = _run_restoring_prng_flag(_gdas_config("switch"), str(tmp_path / "switch"))
+    np.testing.assert_allclose(switched["alpha_softmax"], composed["alpha_softmax"], atol=1e-5)
 
 
 def darts_space_config():

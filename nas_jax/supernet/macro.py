@@ -43,7 +43,9 @@ class ConvWeights(nnx.Module):
 
     def __init__(self, shape: tuple[int, ...], *, rngs: ops.Keys):
         std = math.sqrt(2.0 / math.prod(shape[:-1]))
-        self.kernel = nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32))
+        self.kernel = nnx.Param(ops.draw(
+            rngs, "macro_he_normal", tuple(shape),
+            lambda key: std * jax.random.normal(key, tuple(shape), jnp.float32)))
         self.bias = nnx.Param(jnp.zeros((shape[-1],), jnp.float32))
 
 
