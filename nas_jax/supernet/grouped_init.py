@@ -38,8 +38,9 @@ class GroupedInit:
         model = build(ops.DeferredKeys())
         _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
         self._treedefs = (jax.tree.structure(params), jax.tree.structure(stats))
-        leaves = jax.tree.leaves(params) + jax.tree.leaves(stats)
-        self._num_params = len(jax.tree.leaves(params))
+        param_leaves = jax.tree.leaves(params)
+        self._num_params = len(param_leaves)
+        leaves = param_leaves + jax.tree.leaves(stats)
         groups = collections.defaultdict(list)  # (kind, shape) -> deferred draws
         self._slots = []  # per leaf: ("draw", group, position) or ("const", index)
         consts = []
