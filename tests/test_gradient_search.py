@@ -131,23 +131,15 @@ def _gdas_config(execution):
     return config
 
 
-def _run_restoring_prng_flag(config, workdir):
-    partitionable = jax.config.jax_threefry_partitionable
-    try:
-        return run_gradient_search(config, workdir)
-    finally:
-        jax.config.update("jax_threefry_partitionable", partitionable)
-
-
 def test_gdas_composed_run_resumes_exactly(tmp_path):
     """GDAS through the composed execution: a valid derived cell, alpha moved, and a run
     killed during epoch 2 resumes to the same alpha (the checkpoints hold the mixture
     supernet's form). Its steps equal the switch supernet's (tests/strategies/
     test_gdas_composed.py); the whole run against a switch run is the slow test below."""
     config = _gdas_config("composed")
-    result = _run_restoring_prng_flag(config, str(tmp_path / "composed"))
+    result = run_gradient_search(config, str(tmp_path / "composed"))
     shutil.rmtree(os.path.join(tmp_path, "composed", "checkpoints", "2"))
-    resumed = _run_restoring_prng_flag(config, str(tmp_path / "composed"))
+    resumed = run_gradient_search(config, str(tmp_path / "composed"))
     space = NB201Space(channels=2, cells_per_stage=1, input_shape=(8, 8, 1), num_classes=10)
     space.validate(result["arch"])
     softmax = np.asarray(result["alpha_softmax"])
@@ -162,8 +154,8 @@ def test_gdas_composed_run_resumes_exactly(tmp_path):
 def test_gdas_composed_run_equals_switch(tmp_path):
     """A whole composed GDAS run ends at the alpha of the jitted switch-supernet run (the
     same algorithm, batches and keys)."""
-    composed = _run_restoring_prng_flag(_gdas_config("composed"), str(tmp_path / "composed"))
-    switched = _run_restoring_prng_flag(_gdas_config("switch"), str(tmp_path / "switch"))
+    composed = run_gradient_search(_gdas_config("composed"), str(tmp_path / "composed"))
+    switched = run_gradient_search(_gdas_config("switch"), str(tmp_path / "switch"))
     np.testing.assert_allclose(switched["alpha_softmax"], composed["alpha_softmax"], atol=1e-5)
 
 
